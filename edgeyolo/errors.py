@@ -1,0 +1,78 @@
+"""Error types. Every message says what failed, what was expected and how to fix it.
+
+The CLI maps these to exit codes and one-line messages; the library never prints or exits.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class EdgeYoloError(Exception):
+    """Base class for every error edgeyolo raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(EdgeYoloError):
+    """The user asked for something inconsistent (bad flag combination, bad value)."""
+
+    exit_code = 2
+
+
+class InputFileError(EdgeYoloError):
+    """A file the user named is missing, unreadable or of the wrong kind."""
+
+    exit_code = 2
+
+
+class CfgError(EdgeYoloError):
+    """A darknet .cfg is malformed; carries the file and line it points at."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
+        self.path = str(path) if path is not None else "<cfg>"
+        self.line = line
+        self.reason = message
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {message}")
+
+
+class UnsupportedLayerError(CfgError):
+    """A layer type or option darknet knows but edgeyolo does not implement."""
+
+
+class WeightsError(EdgeYoloError):
+    """A weights file does not match the model it is loaded into."""
+
+    exit_code = 4
+
+
+class MissingDependencyError(EdgeYoloError):
+    """An optional backend is not installed; names the extra that provides it."""
+
+    exit_code = 5
+
+    def __init__(self, module: str, extra: str):
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"the optional module '{module}' is not installed; install it with "
+            f"`pip install 'edgeyolo[{extra}]'` (or the vendor package on the board)"
+        )
+
+
+class ExportError(EdgeYoloError):
+    """An exporter could not produce the requested artifact."""
+
+    exit_code = 6
+
+
+class VerificationError(ExportError):
+    """An artifact was written but does not compute what its source computes."""
+
+
+class TargetError(EdgeYoloError):
+    """Something about a deployment target or board went wrong."""
+
+    exit_code = 7
