@@ -133,9 +133,10 @@ class LayerSpec:
     def to_options(self) -> dict[str, str]:
         """Raw options with typed fields written back (in their original position when present)."""
         out = dict(self.options)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for attr, key in self.keys.items():
             value = getattr(self, attr)
-            if value is None:
+            if value is None or (key not in out and value == defaults.get(attr)):
                 continue
             text = _fmt(value)
             if key in out and _same_value(out[key], text):
@@ -644,6 +645,8 @@ def _format_refs(raw: str | None, absolute: Iterable[int], index: int) -> str:
             old = _parse_int_list(raw)
         except ValueError:
             old = ()
+        if [index + v if v < 0 else v for v in old] == absolute:
+            return raw  # unchanged: keep the file's own spelling
         if len(old) == len(absolute):
             relative_style = [v < 0 for v in old]
     return ", ".join(str(a - index if rel else a) for a, rel in zip(absolute, relative_style))

@@ -110,12 +110,17 @@ def load_darknet_weights(
             pending.append((tensor, values.reshape(tuple(tensor.shape))))
             offset += 4 * n
         loaded += 1
-    if offset != len(data) and not partial:
+    if offset != len(data):  # with partial too: bytes past the last layer mean another cfg's file
         extra = len(data) - offset
+        cause = (
+            f"the file holds more than the layers before --cutoff {cutoff}"
+            if cutoff is not None
+            else "the weights belong to a different cfg"
+        )
         raise WeightsError(
             f"{path}: file too long for the cfg: expected {offset} bytes, got {len(data)} "
             f"({extra} bytes = {extra // 4} floats left after the last convolutional layer "
-            f"{blocks[-1][0] if blocks else '-'}); the weights belong to a different cfg"
+            f"{blocks[-1][0] if blocks else '-'}); {cause}"
         )
     if loaded == 0 and blocks:
         raise WeightsError(f"{path}: no layer weights found after the header")

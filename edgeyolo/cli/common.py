@@ -1,0 +1,53 @@
+"""Options and helpers shared by the command modules."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeyolo.errors import UsageError
+
+CfgOpt = typer.Option(..., "--cfg", help="darknet .cfg path or zoo name (edgeyolo-res, edgeyolo-mobile, yolov3-tiny, ...).")
+WeightsOpt = typer.Option(None, "--weights", help="darknet .weights, edgeyolo .safetensors or reference .pt.")
+ImgSizeOpt = typer.Option(None, "--img-size", "--img_size", help="Square input size (multiple of 32); default from the cfg.")
+
+
+def load_cli_model(
+    cfg: Optional[str],
+    weights: Optional[Path],
+    random_init: bool = False,
+    seed: int = 0,
+    calib_images: Optional[Path] = None,
+    img_size: Optional[int] = None,
+    cutoff: Optional[int] = None,
+    partial: bool = False,
+):
+    """The model a command works on: loaded weights, or seeded calibrated random weights."""
+    from edgeyolo.model.checkpoint import load_model
+    from edgeyolo.model.zoo import resolve_cfg
+
+    if weights is not None and random_init:
+        raise UsageError("give either --weights or --random-init, not both")
+    if weights is None and not random_init:
+        raise UsageError("give --weights W, or --random-init [--seed S] for calibrated random weights")
+    cfg_path = resolve_cfg(cfg) if cfg else None
+    model = load_model(cfg_path, weights, cutoff=cutoff, partial=partial)
+    if random_init:
+        from edgeyolo.contract import Contract
+        from edgeyolo.model.init import calibration_batch, load_images, random_init as init, synthetic_images
+
+        size = img_size or model.cfg.net.height
+        contract = Contract(size, size, channel_order="gray" if model.cfg.net.channels == 1 else "rgb")
+        images = load_images(calib_images, 16) if calib_images else []
+        if calib_images and not images:
+            raise UsageError(f"--calib-images {calib_images}: no readable images found")
+        images = images or synthetic_images(8, size, size, seed)
+        init(model, calibration_batch(contract, images), seed=seed)
+        model.eval()
+    return model
+
+
+def check_img_size(img_size: Optional[int]) -> None:
+    if img_size is not None and (img_size <= 0 or img_size % 32):
+        raise UsageError(f"--img-size must be a positive multiple of 32, got {img_size}")

@@ -1,0 +1,124 @@
+"""``edgeyolo export onnx|darknet|safetensors``."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, WeightsOpt, check_img_size, load_cli_model
+
+app = typer.Typer(help="Write a model as ONNX, darknet cfg+weights or an edgeyolo checkpoint.", no_args_is_help=True)
+
+RandomInitOpt = typer.Option(False, "--random-init", help="Seeded random weights, BN calibrated on images (non-degenerate).")
+SeedOpt = typer.Option(0, "--seed", help="Seed for --random-init.")
+CalibOpt = typer.Option(None, "--calib-images", help="Images for --random-init calibration (default: synthetic).")
+CutoffOpt = typer.Option(None, "--cutoff", help="Load only layers before N from a darknet backbone file (e.g. 75).")
+PartialOpt = typer.Option(False, "--partial", help="Load as many whole layers as a darknet file holds.")
+
+
+def _command() -> str:
+    return "edgeyolo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _provenance(weights: Optional[Path], random_init: bool, seed: int) -> dict[str, str]:
+    from edgeyolo.model.io import sha256_file
+
+    source = sha256_file(weights) if weights else f"random-init:seed={seed}"
+    return {"source_sha256": source, "command": _command()}
+
+
+@app.command("onnx")
+def onnx_cmd(
+    cfg: str = CfgOpt,
+    out: Path = typer.Option(..., "--out", help="Output .onnx file."),
+    weights: Optional[Path] = WeightsOpt,
+    random_init: bool = RandomInitOpt,
+    seed: int = SeedOpt,
+    calib_images: Optional[Path] = CalibOpt,
+    img_size: Optional[int] = ImgSizeOpt,
+    opset: int = typer.Option(13, "--opset", help="ONNX opset 11..17 (13 suits TensorRT 8.2 / JetPack 4.6)."),
+    no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxsim."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Free batch axis."),
+    raw: bool = typer.Option(False, "--raw", help="One raw tensor per [yolo] layer instead of decoded [B, N, 5+C]."),
+    cutoff: Optional[int] = CutoffOpt,
+    partial: bool = PartialOpt,
+) -> None:
+    """Export ONNX (TorchScript exporter, one file), simplify, and verify it in onnxruntime against torch."""
+    from edgeyolo.export.onnx import export_onnx
+
+    check_img_size(img_size)
+    model = load_cli_model(cfg, weights, random_init, seed, calib_images, img_size, cutoff, partial)
+    size = img_size or model.cfg.net.height
+    result = export_onnx(
+        model,
+        out,
+        size,
+        opset=opset,
+        simplify=not no_simplify,
+        dynamic_batch=dynamic_batch,
+        raw=raw,
+        provenance=_provenance(weights, random_init, seed),
+    )
+    shapes = ", ".join(f"{n} {list(s)}" for n, s in zip(result.outputs, result.output_shapes))
+    typer.echo(
+        f"wrote {result.path} (opset {result.opset}, IR {result.ir_version}, {shapes}); "
+        f"onnxruntime vs torch max|Δ|/max|ref| = {result.max_rel_error:.2e}"
+    )
+
+
+@app.command("darknet")
+def darknet_cmd(
+    cfg: str = CfgOpt,
+    out: Path = typer.Option(..., "--out", help="Output folder: model.cfg + model.weights."),
+    weights: Optional[Path] = WeightsOpt,
+    random_init: bool = RandomInitOpt,
+    seed: int = SeedOpt,
+    calib_images: Optional[Path] = CalibOpt,
+    img_size: Optional[int] = ImgSizeOpt,
+    cutoff: Optional[int] = CutoffOpt,
+    partial: bool = PartialOpt,
+) -> None:
+    """Write darknet cfg + weights (read back and checked bit-exact)."""
+    from edgeyolo.export.darknet import export_darknet
+    from edgeyolo.model.init import health
+
+    check_img_size(img_size)
+    model = load_cli_model(cfg, weights, random_init, seed, calib_images, img_size, cutoff, partial)
+    result = export_darknet(model, out)
+    message = f"wrote {result.cfg} and {result.weights}"
+    if random_init:
+        import torch
+
+        from edgeyolo.model.init import synthetic_images, calibration_batch
+        from edgeyolo.contract import Contract
+
+        size = img_size or model.cfg.net.height
+        channel_order = "gray" if model.cfg.net.channels == 1 else "rgb"
+        probe = calibration_batch(Contract(size, size, channel_order=channel_order), synthetic_images(4, size, size, seed + 1))
+        with torch.no_grad():
+            h = health(model, probe)
+        message += f"; objectness in (0.01, 0.99) on held-out images: {h['objectness_in_range']:.1%}"
+    typer.echo(message)
+
+
+@app.command("safetensors")
+def safetensors_cmd(
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="darknet .cfg or zoo name."),
+    out: Path = typer.Option(..., "--out", help="Output .safetensors checkpoint."),
+    weights: Optional[Path] = WeightsOpt,
+    random_init: bool = RandomInitOpt,
+    seed: int = SeedOpt,
+    calib_images: Optional[Path] = CalibOpt,
+    cutoff: Optional[int] = CutoffOpt,
+    partial: bool = PartialOpt,
+) -> None:
+    """Write an edgeyolo checkpoint: tensors + the cfg text + provenance in the metadata."""
+    from edgeyolo.model.checkpoint import Provenance, save_checkpoint
+
+    model = load_cli_model(cfg, weights, random_init, seed, calib_images, None, cutoff, partial)
+    prov = _provenance(weights, random_init, seed)
+    path = save_checkpoint(model, out, Provenance(prov["source_sha256"], prov["command"]))
+    typer.echo(f"wrote {path}")
