@@ -166,7 +166,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, iou_t
     """Greedy NMS; per class unless ``classes`` is None. Returns kept indices by descending score."""
     order = np.argsort(-scores, kind="stable")
     boxes = boxes.astype(np.float64)
-    if classes is not None:
+    if classes is not None and boxes.size:
         # shift each class into its own region so one pass suppresses within classes only
         boxes = boxes + (classes.astype(np.float64) * (boxes.max() - boxes.min() + 1.0))[:, None]
     keep: list[int] = []

@@ -1,0 +1,1 @@
+"""Deployment targets: board profiles, transports and runners. Never imports torch."""
