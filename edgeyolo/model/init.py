@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeyolo.contract import Contract
+from edgeyolo.model.cfg import ShortcutSpec
 from edgeyolo.model.darknet import ConvBlock, Darknet
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -60,7 +61,10 @@ def random_init(model: Darknet, batch: Tensor, seed: int = 0) -> None:
     """Seeded random weights calibrated on ``batch`` (a preprocessed [B, C, H, W] tensor)."""
     gen = torch.Generator().manual_seed(seed)
     blocks = dict(model.conv_blocks())
-    for block in blocks.values():
+    # the conv closing a residual branch starts small, so that a stack of residual blocks starts near
+    # the identity: deep random nets are otherwise chaotic and blow up on images unlike the calibration set
+    residual_ends = {layer.index - 1 for layer in model.cfg.layers if isinstance(layer, ShortcutSpec)}
+    for index, block in blocks.items():
         w = block.conv.weight
         fan_in = w.shape[1] * w.shape[2] * w.shape[3]
         # a random sign per (out, in) pair plus noise: filters then respond to smooth, image-like
@@ -73,7 +77,8 @@ def random_init(model: Darknet, batch: Tensor, seed: int = 0) -> None:
         if block.bn is not None:
             n = block.bn.num_features
             # spread of γ gives pruning and sparse training something to rank
-            block.bn.weight.copy_(torch.empty(n).uniform_(0.3, 1.0, generator=gen))
+            gamma = torch.empty(n).uniform_(0.3, 1.0, generator=gen)
+            block.bn.weight.copy_(gamma * (0.2 if index in residual_ends else 1.0))
             block.bn.bias.copy_(torch.randn(n, generator=gen) * 0.1)
         elif block.conv.bias is not None:
             block.conv.bias.zero_()
