@@ -178,3 +178,42 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, iou_t
         ious = box_iou(boxes[i : i + 1], boxes[order[1:]])[0]
         order = order[1:][ious <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What decoding one raw ``[yolo]`` head needs: its anchors (input pixels), class count, scale_x_y."""
+
+    anchors: tuple[tuple[float, float], ...]
+    classes: int
+    scale_x_y: float = 1.0
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
+
+
+def decode_heads(raws: list[np.ndarray], heads: list[HeadSpec], img_h: int, img_w: int) -> np.ndarray:
+    """numpy twin of the model's decode, for runtimes that return raw heads (OpenCV, TensorRT, VART).
+
+    Raw head [B, A·(5+C), H, W] -> [B, N, 5+C] rows ordered (head, anchor, y, x): cx, cy, w, h in input
+    pixels, objectness, class probabilities.
+    """
+    out = []
+    for raw, head in zip(raws, heads):
+        raw = np.asarray(raw, dtype=np.float32)
+        b, _, h, w = raw.shape
+        a = len(head.anchors)
+        p = raw.reshape(b, a, head.classes + 5, h, w).transpose(0, 1, 3, 4, 2)
+        s = head.scale_x_y
+        xy = _sigmoid(p[..., 0:2]) * s - 0.5 * (s - 1.0)
+        gx = np.arange(w, dtype=np.float32).reshape(1, 1, 1, w)
+        gy = np.arange(h, dtype=np.float32).reshape(1, 1, h, 1)
+        anchors = np.asarray(head.anchors, dtype=np.float32).reshape(1, a, 1, 1, 2)
+        decoded = np.empty_like(p)
+        decoded[..., 0] = (xy[..., 0] + gx) * (img_w / w)
+        decoded[..., 1] = (xy[..., 1] + gy) * (img_h / h)
+        decoded[..., 2:4] = np.exp(np.minimum(p[..., 2:4], 60.0)) * anchors
+        decoded[..., 4:] = _sigmoid(p[..., 4:])
+        out.append(decoded.reshape(b, -1, head.classes + 5))
+    return np.concatenate(out, axis=1)

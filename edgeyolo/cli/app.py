@@ -40,9 +40,10 @@ def _root(
 
 
 def _register() -> None:
-    from edgeyolo.cli import export, info
+    from edgeyolo.cli import detect, export, info
 
     info.register(app)
+    detect.register(app)
     app.add_typer(export.app, name="export")
 
 

@@ -1,0 +1,91 @@
+"""``edgeyolo detect``: run a model on images, folders, videos, cameras and streams."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, load_cli_model
+
+BACKENDS = ("torch", "onnxruntime", "opencv")
+
+
+def detect(
+    cfg: str = CfgOpt,
+    weights: Path = typer.Option(..., "--weights", help="darknet .weights, edgeyolo .safetensors or reference .pt."),
+    source: str = typer.Option("data/samples", "--source", help="Image, folder, glob, video, webcam index, RTSP/HTTP URL or GStreamer pipeline."),
+    output: Path = typer.Option(Path("output"), "--output", help="Folder for annotated images/videos and labels."),
+    img_size: Optional[int] = ImgSizeOpt,
+    conf: float = typer.Option(0.25, "--conf", "--conf-thres", help="Score threshold (objectness x class)."),
+    iou: float = typer.Option(0.45, "--iou", "--iou-thres", help="NMS IoU threshold."),
+    classes: Optional[List[int]] = typer.Option(None, "--classes", help="Keep only these class ids (repeatable)."),
+    agnostic_nms: bool = typer.Option(False, "--agnostic-nms", help="NMS across classes."),
+    max_det: int = typer.Option(100, "--max-det", help="Detections kept per image."),
+    backend: str = typer.Option("torch", "--backend", help="torch | onnxruntime | opencv."),
+    threads: int = typer.Option(0, "--threads", help="Inference threads (0 = backend default)."),
+    save_json: bool = typer.Option(False, "--save-json", help="Write DIR/detections.json (COCO style)."),
+    save_txt: bool = typer.Option(False, "--save-txt", help="Write DIR/labels/<stem>.txt (YOLO format + score)."),
+    no_save: bool = typer.Option(False, "--no-save", help="Do not write annotated images/videos."),
+    names: Optional[Path] = typer.Option(None, "--names", help=".names file with class names."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset file (.yaml/.data/COCO json) to take names from."),
+) -> None:
+    """Detect objects; the same letterbox, decode and NMS for every backend."""
+    from edgeyolo.contract import Contract
+    from edgeyolo.errors import UsageError
+    from edgeyolo.log import track
+    from edgeyolo.runtime.detect import run_detect
+    from edgeyolo.runtime.runners import make_runner
+
+    check_img_size(img_size)
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    if names and data:
+        raise UsageError("give --names or --data, not both")
+    model = load_cli_model(cfg, weights, img_size=img_size)
+    size = img_size or model.cfg.net.height
+    contract = Contract(
+        size,
+        size,
+        channel_order="gray" if model.cfg.net.channels == 1 else "rgb",
+        conf_threshold=conf,
+        iou_threshold=iou,
+        max_detections=max_det,
+        agnostic_nms=agnostic_nms,
+        classes=tuple(classes) if classes else None,
+    )
+    class_names = _names(names or data, model.num_classes)
+    cfg_file = Path(cfg) if Path(cfg).suffix == ".cfg" else None
+    darknet_weights = weights if weights.suffix not in (".safetensors", ".pt", ".pth") else None
+    with make_runner(backend, model, contract, threads, cfg_file, darknet_weights if cfg_file else None) as runner:
+        result = run_detect(
+            runner,
+            contract,
+            source,
+            output,
+            class_names,
+            save_images=not no_save,
+            save_txt=save_txt,
+            save_json=save_json,
+            progress=lambda frames: track(frames, f"detect [{backend}]"),
+        )
+    for what, why in result.skipped:
+        typer.echo(f"warning: skipped {what}: {why}", err=True)
+    per_frame = 1000 * result.seconds_inference / max(result.frames, 1)
+    typer.echo(f"{result.frames} frames, {result.detections} detections, {per_frame:.1f} ms inference/frame ({backend}); results in {output}")
+
+
+def _names(path: Optional[Path], count: int) -> list[str]:
+    from edgeyolo.data.names import read_names
+    from edgeyolo.errors import UsageError
+
+    if path is None:
+        return [str(i) for i in range(count)]
+    names = read_names(path)
+    if len(names) != count:
+        raise UsageError(f"{path} lists {len(names)} class names but the model has {count} classes")
+    return names
+
+
+def register(app: typer.Typer) -> None:
+    app.command("detect")(detect)
