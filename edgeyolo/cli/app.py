@@ -40,11 +40,12 @@ def _root(
 
 
 def _register() -> None:
-    from edgeyolo.cli import detect, export, info
+    from edgeyolo.cli import bench, detect, export, info
 
     info.register(app)
     detect.register(app)
     app.add_typer(export.app, name="export")
+    app.add_typer(bench.app, name="bench")
 
 
 _register()

@@ -1,0 +1,80 @@
+"""``edgeyolo bench host``: end-to-end latency per backend on this machine."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, load_cli_model
+
+app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+
+
+@app.command("host")
+def host(
+    cfg: str = CfgOpt,
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (default: calibrated random init)."),
+    images: Path = typer.Option(..., "--images", help="Folder of images, used round-robin."),
+    img_size: Optional[int] = ImgSizeOpt,
+    runs: int = typer.Option(50, "--runs", help="Timed runs per backend."),
+    threads: int = typer.Option(2, "--threads", help="Threads for every runtime."),
+    backends: List[str] = typer.Option(["onnxruntime", "opencv", "torch"], "--backend", help="Backends to time (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Pre + inference + post latency (median, p90) per backend on the same images, threads pinned."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeyolo.bench.host import bench_host, gemm_gflops
+    from edgeyolo.contract import Contract
+    from edgeyolo.errors import UsageError
+    from edgeyolo.log import track
+    from edgeyolo.model.cfg import total_bflops
+    from edgeyolo.model.init import load_images
+    from edgeyolo.runtime.runners import make_runner
+
+    check_img_size(img_size)
+    if runs <= 0 or threads <= 0:
+        raise UsageError("--runs and --threads must be positive")
+    if not images.is_dir():
+        raise UsageError(f"--images {images}: not a folder")
+    frames = load_images(images, 64)
+    if not frames:
+        raise UsageError(f"--images {images}: no readable images")
+    model = load_cli_model(cfg, weights, random_init=weights is None, img_size=img_size)
+    size = img_size or model.cfg.net.height
+    contract = Contract(size, size, channel_order="gray" if model.cfg.net.channels == 1 else "rgb")
+    gflops = total_bflops(model.cfg, size, conv_only=True)
+    cfg_file = Path(cfg) if Path(cfg).suffix == ".cfg" else None
+    darknet = weights if weights is not None and weights.suffix not in (".safetensors", ".pt", ".pth") else None
+    runners = {b: make_runner(b, model, contract, threads, cfg_file if darknet else None, darknet) for b in backends}
+    ceiling = gemm_gflops(threads)
+    try:
+        results = bench_host(runners, contract, frames, gflops, runs=runs, threads=threads, progress=lambda r: track(r, "bench"))
+    finally:
+        for r in runners.values():
+            r.close()
+    if as_json:
+        payload = {"cfg": cfg, "img_size": size, "gflops": gflops, "gemm_gflops_per_s": ceiling, "results": [r.to_dict() for r in results]}
+        typer.echo(json.dumps(payload, indent=1))
+        return
+    table = Table(title=f"{cfg} @ {size}, {threads} threads, {runs} runs, {gflops:.2f} GFLOP (conv)")
+    for col in ("backend", "pre ms", "infer ms (p50/p90)", "post ms", "total ms (p50/p90)", "GFLOP/s", "% GEMM", "vs slowest"):
+        table.add_column(col, justify="right")
+    slowest = max(r.total.median_ms for r in results)
+    for r in results:
+        table.add_row(
+            r.backend,
+            f"{r.pre.median_ms:.1f}",
+            f"{r.infer.median_ms:.1f} / {r.infer.p90_ms:.1f}",
+            f"{r.post.median_ms:.1f}",
+            f"{r.total.median_ms:.1f} / {r.total.p90_ms:.1f}",
+            f"{r.gflops_per_s:.0f}",
+            f"{100 * r.gflops_per_s / ceiling:.0f}%",
+            f"{slowest / r.total.median_ms:.2f}x",
+        )
+    console = Console(width=140)
+    console.print(table)
+    console.print(f"fp32 GEMM ceiling on {threads} threads: {ceiling:.0f} GFLOP/s (torch.mm 1024^3, best of 10)")
