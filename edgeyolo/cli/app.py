@@ -40,12 +40,15 @@ def _root(
 
 
 def _register() -> None:
-    from edgeyolo.cli import bench, detect, export, info
+    from edgeyolo.cli import bench, data, detect, export, info, synth, test
 
     info.register(app)
     detect.register(app)
+    test.register(app)
     app.add_typer(export.app, name="export")
     app.add_typer(bench.app, name="bench")
+    data.app.command("synth")(synth.synth)
+    app.add_typer(data.app, name="data")
 
 
 _register()

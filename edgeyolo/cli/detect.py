@@ -76,12 +76,12 @@ def detect(
 
 
 def _names(path: Optional[Path], count: int) -> list[str]:
-    from edgeyolo.data.names import read_names
+    from edgeyolo.data.names import class_names
     from edgeyolo.errors import UsageError
 
     if path is None:
         return [str(i) for i in range(count)]
-    names = read_names(path)
+    names = class_names(path)
     if len(names) != count:
         raise UsageError(f"{path} lists {len(names)} class names but the model has {count} classes")
     return names

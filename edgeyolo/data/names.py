@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgeyolo.data.formats import read_names
 from edgeyolo.errors import InputFileError
 
 
-def read_names(path: str | Path) -> list[str]:
+def class_names(path: str | Path) -> list[str]:
+    """Names from whichever file a user points at, without loading the dataset's images."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"names/data file not found: {path}")
@@ -29,11 +31,11 @@ def read_names(path: str | Path) -> list[str]:
                 target = Path(value.strip())
                 if not target.is_absolute() and not target.exists():
                     target = path.parent / target
-                return read_names(target)
+                return class_names(target)
         raise InputFileError(f"{path}: no 'names=' entry")
     if suffix == ".json":
         cats = json.loads(path.read_text()).get("categories")
         if not cats:
             raise InputFileError(f"{path}: no 'categories' in this COCO json")
         return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return read_names(path)

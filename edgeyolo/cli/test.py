@@ -1,0 +1,72 @@
+"""``edgeyolo test``: mAP of a model on a dataset (pycocotools COCO, VOC07, VOC12)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, load_cli_model
+
+
+def test(
+    data: Path = typer.Option(..., "--data", help="darknet .data, Ultralytics .yaml, COCO .json or a VOC root."),
+    cfg: str = CfgOpt,
+    weights: Path = typer.Option(..., "--weights", help="darknet .weights, edgeyolo .safetensors or reference .pt."),
+    img_size: Optional[int] = ImgSizeOpt,
+    conf: float = typer.Option(0.001, "--conf", "--conf-thres", help="Score threshold (low: mAP needs the full PR curve)."),
+    iou: float = typer.Option(0.6, "--iou", "--iou-thres", help="NMS IoU threshold."),
+    metric: str = typer.Option("coco", "--metric", help="coco | voc07 | voc12."),
+    split: str = typer.Option("val", "--split", help="Dataset split: train | val | test."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="torch | onnxruntime | opencv."),
+    threads: int = typer.Option(0, "--threads", help="Inference threads (0 = backend default)."),
+    save_json: Optional[Path] = typer.Option(None, "--save-json", help="Write COCO-style detections here."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Measure mAP@0.5 and mAP@0.5:0.95, precision, recall and per-class AP."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeyolo.contract import Contract
+    from edgeyolo.data.formats import load_dataset
+    from edgeyolo.errors import UsageError
+    from edgeyolo.log import track
+    from edgeyolo.model.io import atomic_write_text
+    from edgeyolo.runtime.evaluate import evaluate_runner
+    from edgeyolo.runtime.runners import make_runner
+    from edgeyolo.train.metrics import METRICS, coco_detections_json
+
+    check_img_size(img_size)
+    if metric not in METRICS:
+        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got '{metric}'")
+    dataset = load_dataset(data, split)
+    model = load_cli_model(cfg, weights, img_size=img_size)
+    if dataset.num_classes != model.num_classes:
+        raise UsageError(f"{data} has {dataset.num_classes} classes but the model has {model.num_classes}")
+    size = img_size or model.cfg.net.height
+    contract = Contract(size, size, channel_order="gray" if model.cfg.net.channels == 1 else "rgb", conf_threshold=conf, iou_threshold=iou, max_detections=100)
+    with make_runner(backend, model, contract, threads) as runner:
+        ev = evaluate_runner(runner, contract, dataset, metric, progress=lambda s: track(s, f"test [{backend}]", len(dataset.samples)))
+    for issue in ev.issues:
+        typer.echo(f"warning: {issue}", err=True)
+    if save_json:
+        records = coco_detections_json(ev.detections, [s.image_id for s in ev.samples], dataset.category_ids)
+        atomic_write_text(save_json, json.dumps(records))
+    r = ev.result
+    if as_json:
+        typer.echo(json.dumps({"data": str(data), "backend": backend, "img_size": size, **r.to_dict()}, indent=1))
+        return
+    rows = r.table()
+    table = Table(title=f"{metric} on {data} ({split}, {r.num_images} images, {backend} @ {size})")
+    for i, col in enumerate(rows[0]):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows[1:]:
+        table.add_row(*row)
+    console = Console(width=120)
+    console.print(table)
+    console.print(f"mAP@0.5 {r.map50:.4f}   mAP@0.5:0.95 {r.map50_95:.4f}   P {r.precision:.3f}   R {r.recall:.3f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("test")(test)
