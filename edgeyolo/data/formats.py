@@ -45,10 +45,8 @@ import numpy as np
 
 from edgeyolo.data.types import Annotation, DetectionDataset, LabelIssue, Sample
 from edgeyolo.errors import InputFileError
+from edgeyolo.model.io import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm", ".jp2", ".ppm", ".pgm", ".pbm",
-)
 COORD_TOL = 1e-6  # normalised YOLO coordinates may exceed [0, 1] by this much
 PIXEL_TOL = 1.0  # pixel boxes may exceed the image by this much without a note
 

@@ -41,7 +41,7 @@ import yaml
 
 from edgeyolo.errors import InputFileError, UsageError
 from edgeyolo.log import get_logger, track
-from edgeyolo.model.io import atomic_write_bytes, atomic_write_text, sha256_file
+from edgeyolo.model.io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text, sha256_file
 
 log = get_logger(__name__)
 
@@ -53,7 +53,6 @@ MAX_OBJECTS = 15
 MIN_VISIBLE = 0.5  # every labelled object keeps at least this fraction of its pixels visible
 MAX_ROTATION_DEG = 15.0  # small, so square/diamond and plus/x stay distinct classes
 PHOTO_PROB = 0.75  # with --backgrounds, the share of images on a photo crop (the rest synthetic)
-PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]  # fast, small on noise
 _NAME = re.compile(r"^(\d{6})\.(png|jpg|txt)$")
 
@@ -568,11 +567,11 @@ def list_backgrounds(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InputFileError(f"--backgrounds {folder}: not a folder; give a folder of .jpg/.png photos")
     photos = sorted(
-        (p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_EXTS and p.is_file()),
+        (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
         key=lambda p: p.relative_to(folder).as_posix(),
     )
     if not photos:
-        raise InputFileError(f"--backgrounds {folder}: no images ({', '.join(PHOTO_EXTS)}) found in it")
+        raise InputFileError(f"--backgrounds {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found in it")
     return photos
 
 

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from edgeyolo.contract import Contract
 from edgeyolo.model.cfg import ShortcutSpec
 from edgeyolo.model.darknet import ConvBlock, Darknet
+from edgeyolo.model.io import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def synthetic_images(count: int, height: int, width: int, seed: int) -> list[np.ndarray]:

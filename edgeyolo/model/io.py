@@ -6,6 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
+# every image type OpenCV reads; one list for datasets, detect sources and calibration folders
+IMAGE_SUFFIXES = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm", ".jp2", ".ppm", ".pgm", ".pbm",
+)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     path = Path(path)

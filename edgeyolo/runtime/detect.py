@@ -17,12 +17,11 @@ import numpy as np
 
 from edgeyolo.contract import Contract
 from edgeyolo.errors import InputFileError
-from edgeyolo.model.io import atomic_write_bytes, atomic_write_text
+from edgeyolo.model.io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text
 from edgeyolo.runtime.base import Runner
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm")
 
 
