@@ -40,11 +40,12 @@ def _root(
 
 
 def _register() -> None:
-    from edgeyolo.cli import bench, data, detect, export, info, synth, test
+    from edgeyolo.cli import bench, data, detect, export, info, synth, test, train
 
     info.register(app)
     detect.register(app)
     test.register(app)
+    train.register(app)
     app.add_typer(export.app, name="export")
     app.add_typer(bench.app, name="bench")
     data.app.command("synth")(synth.synth)

@@ -161,3 +161,71 @@ def load_model(
     else:  # darknet: .weights, .conv.74-style backbone files and anything else
         load_darknet_weights(model, path, cutoff=cutoff, partial=partial)
     return model.eval()
+
+
+def _darknet_source_model(model: Darknet, path: Path) -> Darknet:
+    """The model a darknet file was saved from: ``model``'s cfg with the class count the file size implies.
+
+    Only the heads depend on the class count, and the file size is linear in it, so it can be solved
+    for exactly; a fine-tune from COCO (80 classes) onto a 12-class cfg then loads every other layer.
+    """
+    import dataclasses
+
+    from edgeyolo.model.cfg import ConvSpec, YoloSpec
+    from edgeyolo.model.weights import expected_bytes, read_header
+
+    size = path.stat().st_size
+    header = read_header(path.read_bytes()[:20], str(path))
+
+    def with_classes(classes: int) -> Darknet:
+        cfg = model.cfg
+        for yolo in cfg.yolo_layers:
+            head = cfg.layers[yolo.index - 1]
+            cfg = cfg.replace_layer(dataclasses.replace(yolo, classes=classes))
+            if isinstance(head, ConvSpec):
+                cfg = cfg.replace_layer(dataclasses.replace(head, filters=len(yolo.mask) * (classes + 5)))
+        return Darknet(cfg)
+
+    if not model.cfg.yolo_layers or not isinstance(model.cfg.layers[model.cfg.yolo_indices[0] - 1], ConvSpec):
+        return model
+    base = expected_bytes(with_classes(1), header)
+    step = expected_bytes(with_classes(2), header) - base
+    if step <= 0 or (size - base) % step:
+        return model  # not a matter of class count: let the strict loader explain the mismatch
+    classes = 1 + (size - base) // step
+    return with_classes(int(classes)) if classes != model.num_classes and classes > 0 else model
+
+
+def load_pretrained(model: Darknet, weights: str | Path, cutoff: int | None = None) -> list[str]:
+    """Load what fits from pretrained weights, skipping tensors whose shape differs (heads of another
+    class count). Returns the names of the skipped tensors."""
+    from edgeyolo.model.weights import load_darknet_weights
+
+    path = Path(weights)
+    if not path.exists():
+        raise InputFileError(f"weights file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        state, _ = read_checkpoint(path)
+    elif suffix in (".pt", ".pth"):
+        source = Darknet(model.cfg)
+        try:
+            load_reference_pt(source, path)
+            state = source.state_dict()
+        except WeightsError:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            raw = obj.get("model", obj) if isinstance(obj, dict) else {}
+            state = {reference_key_map(k) or k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    else:
+        source = _darknet_source_model(model, path) if cutoff is None else Darknet(model.cfg)
+        load_darknet_weights(source, path, cutoff=cutoff)
+        state = source.state_dict()
+        if cutoff is not None:
+            state = {k: v for k, v in state.items() if int(k.split(".")[1]) < cutoff}
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not usable:
+        raise WeightsError(f"{path}: no tensor fits this cfg; is it a checkpoint of another architecture?")
+    own.update(usable)
+    model.load_state_dict(own)
+    return sorted(k for k in own if k not in usable and not k.endswith("num_batches_tracked"))

@@ -1,0 +1,90 @@
+"""``edgeyolo train``: normal, fine-tune and sparse training; ``--resume RUN_DIR`` after any stop."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="darknet .data, Ultralytics .yaml, COCO .json or a VOC root."),
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="darknet .cfg path or zoo name."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Start from these weights (strict unless -pt)."),
+    pretrained: bool = typer.Option(False, "-pt", "--pretrained", help="Load what fits; heads of another class count are skipped."),
+    cutoff: Optional[int] = typer.Option(None, "--cutoff", help="Load only layers before N (darknet53.conv.74: 75)."),
+    img_size: int = typer.Option(416, "--img-size", "--img_size", help="Train/val input size (multiple of 32)."),
+    multi_scale: Optional[List[int]] = typer.Option(None, "--multi-scale", help="MIN and MAX: a new size per batch (give twice)."),
+    batch_size: int = typer.Option(16, "--batch-size", "--batch_size", help="Images per step (gradients accumulate to 64)."),
+    epochs: int = typer.Option(100, "--epochs", help="Epochs."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run folder from its last finished epoch."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Folder of run folders."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default expN)."),
+    workers: int = typer.Option(2, "--workers", help="Data loading processes."),
+    seed: int = typer.Option(0, "--seed", help="Seed: data order, augmentation, multi-scale."),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0 = default)."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (Nesterov) | adam."),
+    lr0: float = typer.Option(0.01, "--lr0", help="Initial learning rate."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Letterbox only."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision (CUDA only)."),
+    sparse: bool = typer.Option(False, "-sr", "--sr", "--sparse", help="Sparse training of BN γ."),
+    s: float = typer.Option(0.001, "--s", help="Sparsity rate (per optimizer step)."),
+    prune: int = typer.Option(0, "--prune", help="Prunable set: 0 normal/regular, 1 shortcut/slim, 2 layer."),
+    sr_schedule: str = typer.Option("constant", "--sr-schedule", help="constant | step | local | dynamic."),
+    max_val_images: Optional[int] = typer.Option(None, "--max-val-images", help="Validate on the first N images only."),
+) -> None:
+    """Train a darknet-cfg model; each epoch validates, logs one line and checkpoints atomically."""
+    from edgeyolo.errors import UsageError
+    from edgeyolo.log import track
+    from edgeyolo.model.zoo import resolve_cfg
+    from edgeyolo.train.trainer import Trainer, TrainConfig
+
+    def progress(items, description, total):
+        return track(items, description, total)
+
+    def on_epoch(record):
+        typer.echo(record.line())
+
+    if resume is not None:
+        trainer = Trainer.resume(resume, progress=progress, on_epoch=on_epoch)
+        typer.echo(f"resuming {resume} at epoch {trainer.start_epoch}")
+    else:
+        if data is None or cfg is None:
+            raise UsageError("--data and --cfg are required (or --resume RUN_DIR)")
+        if multi_scale is not None and len(multi_scale) != 2:
+            raise UsageError("--multi-scale takes MIN and MAX: --multi-scale 320 --multi-scale 608")
+        config = TrainConfig(
+            data=str(data),
+            cfg=str(resolve_cfg(cfg)),
+            weights=str(weights) if weights else None,
+            pretrained=pretrained,
+            cutoff=cutoff,
+            img_size=img_size,
+            multi_scale=tuple(multi_scale) if multi_scale else None,
+            batch_size=batch_size,
+            epochs=epochs,
+            device=device,
+            out=str(out),
+            name=name,
+            workers=workers,
+            seed=seed,
+            threads=threads,
+            optimizer=optimizer,
+            lr0=lr0,
+            augment=not no_augment,
+            amp=amp,
+            sparse=sparse,
+            s=s,
+            prune=prune,
+            sr_schedule=sr_schedule,
+            max_val_images=max_val_images,
+        )
+        trainer = Trainer(config, progress=progress, on_epoch=on_epoch)
+        typer.echo(f"training into {trainer.run_dir}")
+    trainer.fit()
+    typer.echo(f"done: best mAP@0.5 {trainer.best_fitness:.4f}; weights in {trainer.run_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,481 @@
+"""The training loop: normal, fine-tune and sparse training, resumable bit for bit.
+
+Reproducibility is designed in rather than hoped for: the data order of an epoch comes from
+(seed, epoch), each sample's augmentation from (seed, epoch, index), each step's multi-scale size and
+dropout from (seed, epoch, step); the learning rate is a pure function of (epoch, step); gradients
+never cross an epoch boundary. Checkpoints are written atomically at the end of each epoch, so a run
+killed at any point resumes from the last finished epoch and ends in the state an uninterrupted run
+reaches (bitwise on CPU with the same thread count).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeyolo.contract import Contract
+from edgeyolo.errors import EdgeYoloError, UsageError
+from edgeyolo.model.checkpoint import Provenance, load_model, save_checkpoint
+from edgeyolo.model.darknet import Darknet
+from edgeyolo.model.io import atomic_write_bytes, atomic_write_text
+from edgeyolo.train.loss import LossConfig, YoloLoss
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.json"
+
+
+class TrainingDiverged(EdgeYoloError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+    exit_code = 8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    cfg: Optional[str] = None
+    weights: Optional[str] = None
+    pretrained: bool = False  # load what fits (skip heads of another class count) instead of strict
+    cutoff: Optional[int] = None
+    img_size: int = 416
+    multi_scale: Optional[tuple[int, int]] = None
+    batch_size: int = 16
+    epochs: int = 100
+    device: str = "cpu"
+    out: str = "runs"
+    name: Optional[str] = None
+    workers: int = 2
+    seed: int = 0
+    threads: int = 0
+    nominal_batch: int = 64
+    optimizer: str = "sgd"
+    lr0: float = 0.01
+    lrf: float = 0.05  # final LR factor of the cosine schedule
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    burn_in: int = 300  # warm-up iterations (at least one epoch's worth is not required)
+    ema: bool = True
+    amp: bool = False
+    augment: bool = True
+    val_split: str = "val"
+    max_val_images: Optional[int] = None
+    sparse: bool = False
+    s: float = 0.001
+    prune: int = 0
+    sr_schedule: str = "constant"
+    loss: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.img_size <= 0 or self.img_size % 32:
+            raise UsageError(f"--img-size must be a positive multiple of 32, got {self.img_size}")
+        if self.multi_scale and (self.multi_scale[0] % 32 or self.multi_scale[1] % 32 or self.multi_scale[0] > self.multi_scale[1]):
+            raise UsageError(f"--multi-scale needs MIN <= MAX, both multiples of 32, got {self.multi_scale}")
+        if self.batch_size <= 0 or self.epochs <= 0:
+            raise UsageError("--batch-size and --epochs must be positive")
+        if self.optimizer not in ("sgd", "adam"):
+            raise UsageError(f"--optimizer must be sgd or adam, got '{self.optimizer}'")
+        if self.prune not in (0, 1, 2):
+            raise UsageError(f"--prune must be 0, 1 or 2, got {self.prune}")
+        if self.amp and not self.device.startswith("cuda"):
+            raise UsageError("--amp needs a CUDA device")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        data = json.loads(text)
+        if data.get("multi_scale"):
+            data["multi_scale"] = tuple(data["multi_scale"])
+        return cls(**data)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across processes and Python versions."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class ModelEMA:
+    """Exponential moving average of weights; the decay ramps up over the first updates."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0):
+        self.ema = copy.deepcopy(model).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, updates
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        own = model.state_dict()
+        for key, value in self.ema.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(d).add_(own[key].detach(), alpha=1 - d)
+            else:
+                value.copy_(own[key])
+
+
+def lr_factor(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> tuple[float, float]:
+    """(lr factor, momentum) at a step: linear burn-in, then cosine from 1 to ``lrf`` per epoch."""
+    cosine = config.lrf + (1 - config.lrf) * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+    it = epoch * steps_per_epoch + step
+    if it < config.burn_in:
+        x = it / max(config.burn_in, 1)
+        return cosine * x, 0.8 + (config.momentum - 0.8) * x
+    return cosine, config.momentum
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    lr: float
+    loss_box: float
+    loss_obj: float
+    loss_cls: float
+    map50: float
+    map50_95: float
+    precision: float
+    recall: float
+    seconds: float
+    images_per_s: float
+    sparsity: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        text = (
+            f"epoch {self.epoch:3d}  lr {self.lr:.5f}  box {self.loss_box:.4f} obj {self.loss_obj:.4f} cls {self.loss_cls:.4f}  "
+            f"mAP@.5 {self.map50:.4f} mAP@.5:.95 {self.map50_95:.4f}  P {self.precision:.3f} R {self.recall:.3f}  "
+            f"{self.seconds:.0f}s ({self.images_per_s:.1f} img/s)"
+        )
+        if self.sparsity:
+            text += f"  s {self.sparsity.get('s', 0):.2e} γ<1e-2 {self.sparsity.get('frac_lt_1e-2', 0):.1%}"
+        return text
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path | None = None,
+        progress: Callable[[Iterable, str, int], Iterator] | None = None,
+        on_epoch: Callable[[EpochRecord], None] | None = None,
+    ):
+        from edgeyolo.data.formats import load_dataset
+        from edgeyolo.train.data import TrainAugment, YoloTrainDataset
+
+        self.config = config
+        self.progress = progress
+        self.on_epoch = on_epoch
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if config.device.startswith("cuda") else "gloo"
+            torch.distributed.init_process_group(backend)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = config.device
+        if device == "cuda":  # one process per GPU under torchrun
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        self.device = torch.device(device)
+        self.run_dir = run_dir or self._new_run_dir()
+        self.train_set = load_dataset(config.data, "train")
+        self.val_set = load_dataset(config.data, config.val_split)
+        for issue in self.train_set.issues + self.val_set.issues:
+            log.warning("%s", issue)
+        if not self.train_set.samples:
+            raise UsageError(f"{config.data}: the train split has no usable images")
+        torch.manual_seed(derive_seed(config.seed, 0))  # the initial weights of a from-scratch run
+        if config.weights and not config.pretrained:
+            model = load_model(config.cfg, config.weights, cutoff=config.cutoff, partial=config.cutoff is not None)
+        else:
+            model = load_model(config.cfg)
+        if config.weights and config.pretrained:
+            from edgeyolo.model.checkpoint import load_pretrained
+
+            skipped = load_pretrained(model, config.weights, cutoff=config.cutoff)
+            for name in skipped:
+                log.warning("pretrained weights: %s not loaded (shape differs, e.g. another class count)", name)
+        if model.num_classes != self.train_set.num_classes:
+            raise UsageError(
+                f"the cfg has {model.num_classes} classes but {config.data} has {self.train_set.num_classes}; "
+                "edit classes= and the filters= before each [yolo] (or use a cfg made for this dataset)"
+            )
+        self.model: Darknet = model.to(self.device).train()
+        augment = TrainAugment(enabled=config.augment)
+        self.dataset = YoloTrainDataset(self.train_set, config.img_size, augment if config.augment else None, seed=config.seed, channels=model.cfg.net.channels)
+        self.criterion = YoloLoss(self.model, LossConfig(**config.loss))
+        self.optimizer = self._make_optimizer()
+        self.ema = ModelEMA(self.model) if config.ema else None
+        self.sparsity = None
+        if config.sparse:
+            from edgeyolo.train.sparsity import SparsityRegularizer
+
+            self.sparsity = SparsityRegularizer(self.model, config.prune, config.s, config.sr_schedule, config.epochs)
+        self.start_epoch = 0
+        self.best_fitness = -1.0
+        self.history: list[dict] = []
+        self.net = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=None if self.device.type == "cpu" else [self.device])
+
+    # ------------------------------------------------------------------ setup
+
+    def _new_run_dir(self) -> Path:
+        root = Path(self.config.out)
+        if self.config.name:
+            return root / self.config.name
+        n = 1
+        while (root / f"exp{n}").exists():
+            n += 1
+        return root / f"exp{n}"
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            # weight decay on conv weights only, never on BN γ/β or biases
+            (decay if name.endswith("conv.weight") else no_decay).append(p)
+        c = self.config
+        if c.optimizer == "adam":
+            opt = torch.optim.Adam([{"params": no_decay, "weight_decay": 0.0}], lr=c.lr0, betas=(c.momentum, 0.999))
+        else:
+            opt = torch.optim.SGD([{"params": no_decay, "weight_decay": 0.0}], lr=c.lr0, momentum=c.momentum, nesterov=True)
+        opt.add_param_group({"params": decay, "weight_decay": c.weight_decay})
+        return opt
+
+    # ------------------------------------------------------------------ state
+
+    def save_state(self, epoch: int, fitness: float) -> None:
+        """last/best checkpoints + the full training state, each file written atomically."""
+        if self.rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        weights_model = self.ema.ema if self.ema else self.model
+        prov = Provenance(command=f"edgeyolo train (epoch {epoch})")
+        save_checkpoint(weights_model, self.run_dir / "last.safetensors", prov)
+        if fitness > self.best_fitness:
+            self.best_fitness = fitness
+            save_checkpoint(weights_model, self.run_dir / "best.safetensors", prov)
+        state = {
+            "epoch": epoch,
+            "best_fitness": self.best_fitness,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.ema.state_dict() if self.ema else {},
+            "ema_updates": self.ema.updates if self.ema else 0,
+            "history": json.dumps(self.history),
+            "sparsity": json.dumps(self.sparsity.state_dict() if self.sparsity and hasattr(self.sparsity, "state_dict") else {}),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.run_dir / STATE_FILE, buffer.getvalue())
+
+    def load_state(self) -> None:
+        path = self.run_dir / STATE_FILE
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema:
+            self.ema.ema.load_state_dict(state["ema"])
+            self.ema.updates = int(state["ema_updates"])
+        if self.sparsity and hasattr(self.sparsity, "load_state_dict"):
+            self.sparsity.load_state_dict(json.loads(state["sparsity"]))
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_fitness = float(state["best_fitness"])
+        self.history = json.loads(state["history"])
+
+    @classmethod
+    def resume(cls, run_dir: Path, **kwargs) -> "Trainer":
+        run_dir = Path(run_dir)
+        if not (run_dir / CONFIG_FILE).exists():
+            raise UsageError(f"--resume {run_dir}: no {CONFIG_FILE} here; is this a training run folder?")
+        config = TrainConfig.from_json((run_dir / CONFIG_FILE).read_text())
+        trainer = cls(config, run_dir=run_dir, **kwargs)
+        if (run_dir / STATE_FILE).exists():
+            trainer.load_state()
+        return trainer
+
+    # ------------------------------------------------------------------ loop
+
+    def _batches(self, epoch: int):
+        from torch.utils.data import DataLoader
+
+        from edgeyolo.train.data import collate
+
+        self.dataset.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch, 1))
+        order = torch.randperm(len(self.dataset), generator=gen).tolist()
+        per_rank = self.config.batch_size // self.world if self.world > 1 else self.config.batch_size
+        if self.world > 1:
+            order = order[self.rank :: self.world]
+        return DataLoader(
+            self.dataset,
+            batch_size=max(per_rank, 1),
+            sampler=order,
+            num_workers=self.config.workers,
+            collate_fn=collate,
+            persistent_workers=False,
+        )
+
+    def fit(self) -> list[dict]:
+        c = self.config
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / CONFIG_FILE, c.to_json())
+        accumulate = max(round(c.nominal_batch / c.batch_size), 1)
+        for epoch in range(self.start_epoch, c.epochs):
+            record = self.train_epoch(epoch, accumulate)
+            self.history.append(asdict(record))
+            self.save_state(epoch, record.map50)
+            if self.rank == 0:
+                self._write_metrics()
+            if self.on_epoch:
+                self.on_epoch(record)
+        return self.history
+
+    def train_epoch(self, epoch: int, accumulate: int) -> EpochRecord:
+        c = self.config
+        start = time.perf_counter()
+        loader = self._batches(epoch)
+        steps = len(loader)
+        if self.sparsity and hasattr(self.sparsity, "update"):
+            self.sparsity.update(epoch)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = torch.zeros(3)
+        seen = 0
+        batches = self.progress(loader, f"epoch {epoch}", steps) if self.progress else loader
+        lr = c.lr0
+        for step, (images, targets, _) in enumerate(batches):
+            factor, momentum = lr_factor(c, epoch, step, steps)
+            lr = c.lr0 * factor
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+                if "momentum" in group:
+                    group["momentum"] = momentum
+            images = images.to(self.device)
+            targets = targets.to(self.device)
+            if c.multi_scale:
+                rng = np.random.default_rng(derive_seed(c.seed, epoch, step, 2))
+                size = int(rng.integers(c.multi_scale[0] // 32, c.multi_scale[1] // 32 + 1)) * 32
+                if size != images.shape[-1]:
+                    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+            torch.manual_seed(derive_seed(c.seed, epoch, step, 3))  # dropout
+            with torch.autocast(self.device.type, enabled=c.amp):
+                raw = self.net(images)
+                loss, parts = self.criterion(raw, targets, images.shape[-2], images.shape[-1])
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the loss became {loss.item()} at epoch {epoch} step {step}; the last good checkpoint "
+                    f"is kept in {self.run_dir} — lower --lr0, check the labels, or resume from it"
+                )
+            loss.backward()
+            totals += parts.cpu()
+            seen += images.shape[0]
+            if (step + 1) % accumulate == 0 or step + 1 == steps:
+                if self.sparsity:
+                    self.sparsity.apply(epoch)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema:
+                    self.ema.update(self.model)
+        train_s = time.perf_counter() - start
+        metrics = self.validate() if self.rank == 0 else None
+        mean = (totals / max(steps, 1)).tolist()
+        sparsity = {}
+        if self.sparsity:
+            from edgeyolo.train.sparsity import gamma_stats
+
+            sparsity = {"s": float(self.sparsity.current_s), **{k: float(v) for k, v in gamma_stats(self.model, self.sparsity.layers).items() if isinstance(v, (int, float))}}
+        return EpochRecord(
+            epoch,
+            lr,
+            mean[0],
+            mean[1],
+            mean[2],
+            metrics.map50 if metrics else float("nan"),
+            metrics.map50_95 if metrics else float("nan"),
+            metrics.precision if metrics else float("nan"),
+            metrics.recall if metrics else float("nan"),
+            time.perf_counter() - start,
+            seen * self.world / max(train_s, 1e-9),
+            sparsity,
+        )
+
+    @torch.no_grad()
+    def validate(self):
+        """mAP of the EMA model on the val split, with the inference contract (conf 0.001, NMS 0.6)."""
+        import cv2
+
+        from edgeyolo.train.metrics import evaluate
+
+        model = (self.ema.ema if self.ema else self.model).eval()
+        size = self.config.img_size
+        contract = Contract(size, size, channel_order="gray" if model.cfg.net.channels == 1 else "rgb", conf_threshold=0.001, iou_threshold=0.6)
+        samples = self.val_set.samples[: self.config.max_val_images] if self.config.max_val_images else self.val_set.samples
+        gts, dets = [], []
+        for sample in samples:
+            image = cv2.imread(str(sample.image))
+            if image is None:
+                continue
+            blob, box = contract.preprocess(image)
+            pred = model(torch.from_numpy(blob).to(self.device))[0].float().cpu().numpy()
+            dets.append(contract.postprocess(pred, box))
+            gts.append(sample.annotation)
+        self.model.train()
+        if not gts:
+            raise UsageError(f"{self.config.data}: the {self.config.val_split} split has no readable images")
+        return evaluate(gts, dets, self.val_set.num_classes, "coco", names=self.val_set.names)
+
+    def _write_metrics(self) -> None:
+        if not self.history:
+            return
+        buffer = io.StringIO()
+        keys = [k for k in self.history[0] if k != "sparsity"]
+        sparse_keys = sorted({k for h in self.history for k in h.get("sparsity", {})})
+        writer = csv.writer(buffer)
+        writer.writerow(keys + [f"sparsity.{k}" for k in sparse_keys])
+        for h in self.history:
+            writer.writerow([h[k] for k in keys] + [h.get("sparsity", {}).get(k, "") for k in sparse_keys])
+        atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+        self._plot_curves()
+
+    def _plot_curves(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [h["epoch"] for h in self.history]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        for key in ("loss_box", "loss_obj", "loss_cls"):
+            axes[0].plot(epochs, [h[key] for h in self.history], label=key)
+        axes[0].set_xlabel("epoch")
+        axes[0].legend()
+        for key in ("map50", "map50_95"):
+            axes[1].plot(epochs, [h[key] for h in self.history], label=key)
+        axes[1].set_xlabel("epoch")
+        axes[1].legend()
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        plt.close(fig)
+        atomic_write_bytes(self.run_dir / "curves.png", buffer.getvalue())
+
+
+def config_with(config: TrainConfig, **changes) -> TrainConfig:
+    return replace(config, **changes)

@@ -1,0 +1,117 @@
+"""Training runs end to end, resumes bit-exactly after SIGKILL, stops cleanly on NaN, runs under DDP."""
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from edgeyolo.data.synth import make_synthetic
+from edgeyolo.model.cfg import parse_cfg_text
+from edgeyolo.model.checkpoint import load_pretrained
+from edgeyolo.model.darknet import Darknet
+from edgeyolo.train.trainer import TrainConfig, Trainer, TrainingDiverged
+from tests.conftest import cfg_path
+
+CLI = [sys.executable, "-c", "import sys; from edgeyolo.cli.app import main; sys.exit(main())"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return make_synthetic(root / "ds", classes=12, train=24, val=6, img_size=128, seed=5).data_yaml
+
+
+def base_args(synth, out, epochs, workers=0):
+    return [
+        "train", "--data", str(synth), "--cfg", "edgeyolo-mobile", "--img-size", "128", "--batch-size", "8",
+        "--epochs", str(epochs), "--workers", str(workers), "--out", str(out), "--name", "run", "--threads", "1",
+        "--seed", "3",
+    ]
+
+
+def state_of(run):
+    return torch.load(run / "state.pt", weights_only=True)
+
+
+def test_run_folder_contents(synth, tmp_path):
+    proc = subprocess.run(CLI + base_args(synth, tmp_path, 2), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    for name in ("config.json", "last.safetensors", "best.safetensors", "state.pt", "metrics.csv", "curves.png"):
+        assert (run / name).exists(), name
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(float(r["loss_obj"]) > 0 for r in rows)
+    assert proc.stdout.count("epoch ") >= 2 and "mAP@.5" in proc.stdout
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_after_sigkill_is_bitwise_identical(synth, tmp_path):
+    epochs = 3
+    straight = subprocess.run(CLI + base_args(synth, tmp_path / "a", epochs, workers=2), capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+
+    proc = subprocess.Popen(CLI + base_args(synth, tmp_path / "b", epochs, workers=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    metrics = tmp_path / "b" / "run" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:  # epoch 0 done, epoch 1 running
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its data workers
+    proc.wait()
+    assert state_of(tmp_path / "b" / "run")["epoch"] < epochs - 1, "killed too late to test a resume"
+    resumed = subprocess.run(CLI + ["train", "--resume", str(tmp_path / "b" / "run")], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = state_of(tmp_path / "a" / "run"), state_of(tmp_path / "b" / "run")
+    assert a["epoch"] == b["epoch"] == epochs - 1
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth, tmp_path):
+    config = TrainConfig(data=str(synth), cfg=str(cfg_path("edgeyolo-mobile")), img_size=128, batch_size=8, epochs=3, workers=0, out=str(tmp_path), name="nan", threads=1)
+    trainer = Trainer(config)
+    real = trainer.criterion
+
+    def poisoned(raw, targets, h, w):
+        loss, parts = real(raw, targets, h, w)
+        return loss * float("nan") if trainer_epoch[0] == 1 else loss, parts
+
+    trainer_epoch = [0]
+    original = trainer.train_epoch
+
+    def tracked(epoch, accumulate):
+        trainer_epoch[0] = epoch
+        return original(epoch, accumulate)
+
+    trainer.train_epoch = tracked
+    trainer.criterion = poisoned
+    with pytest.raises(TrainingDiverged, match="epoch 1"):
+        trainer.fit()
+    assert state_of(tmp_path / "nan")["epoch"] == 0
+
+
+def test_pretrained_darknet_weights_skip_only_heads(tiny_weights):
+    text = cfg_path("yolov3-tiny").read_text().replace("classes=80", "classes=12").replace("filters=255", "filters=51")
+    model = Darknet(parse_cfg_text(text))
+    skipped = load_pretrained(model, tiny_weights)
+    assert skipped == ["module_list.15.conv.bias", "module_list.15.conv.weight", "module_list.22.conv.bias", "module_list.22.conv.weight"]
+
+
+@pytest.mark.skipif(shutil.which("edgeyolo") is None, reason="the edgeyolo console script is not installed")
+def test_ddp_two_cpu_processes_with_gloo(synth, tmp_path):
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", shutil.which("edgeyolo"),
+        *base_args(synth, tmp_path, 1),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "state.pt").exists()
+    assert len(list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))) == 1
