@@ -1,0 +1,663 @@
+"""Sparse training: an L1 penalty on the BN scale γ of the layers a pruning method may cut.
+
+Network Slimming (Liu et al., ICCV 2017) ranks a conv's output channels by |γ| of the BN after it;
+training with ``s·Σ|γ|`` added to the loss drives the unimportant γ towards zero so that a global
+|γ| threshold later removes them with little loss of accuracy. Two things decide whether that works:
+
+* **which γ are penalised** (:func:`prunable_bn`): only channels that the chosen pruning method can
+  actually remove. Penalising a γ whose channel is structurally tied to another layer (a residual
+  sum, a depthwise conv, an SPP concat ...) only costs accuracy and buys no speed. The set is
+  computed from the cfg graph, so it is right for any cfg rather than for the index lists of a few
+  known models;
+* **how strong the penalty is over time** (:class:`SparsityRegularizer`): constant, the two decays
+  of the reference repositories, or edgeyolo's feedback-controlled ``dynamic`` rate.
+
+:func:`gamma_stats` and :func:`plot_gamma_histogram` show how far sparsification has come.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from edgeyolo.errors import UsageError
+from edgeyolo.model.cfg import (
+    AvgPoolSpec,
+    Cfg,
+    ConvSpec,
+    DropoutSpec,
+    MaxPoolSpec,
+    RouteSpec,
+    ScaleChannelsSpec,
+    ShortcutSpec,
+    UpsampleSpec,
+    YoloSpec,
+    infer_shapes,
+)
+from edgeyolo.model.darknet import ConvBlock, Darknet
+
+logger = logging.getLogger(__name__)
+
+#: factor applied to ``s`` once a schedule decays (TL's strategy 2 and 3, and ``dynamic`` at target)
+DECAY_FACTOR = 0.01
+#: |γ| thresholds reported by :func:`gamma_stats`
+STAT_THRESHOLDS = (1e-2, 1e-3)
+STAT_PERCENTILES = (1, 5, 25, 50, 75, 95)
+
+
+class PruneMode(IntEnum):
+    """``--prune``: which pruning family the sparse training prepares for."""
+
+    NORMAL = 0  # normal / regular channel pruning: independent convs only
+    SHORTCUT = 1  # shortcut / slim / layer-channel pruning: residual-tied convs too (masks merged)
+    LAYER = 2  # layer pruning: last conv of each removable residual block
+
+    @classmethod
+    def parse(cls, value: int | PruneMode) -> PruneMode:
+        try:
+            return cls(int(value))
+        except (ValueError, TypeError):
+            names = ", ".join(f"{m.value} ({m.name.lower()})" for m in cls)
+            raise UsageError(f"--prune must be one of {names}; got {value!r}") from None
+
+
+class _Rule(Enum):
+    """Why a conv's γ is left alone. ``SHORTCUT`` is the only rule that mode 1 lifts."""
+
+    NO_BN = "no_bn"
+    YOLO = "yolo"
+    SHORTCUT = "shortcut"
+    SPP = "spp"
+    UPSAMPLE = "upsample"
+    GROUPED_ROUTE = "grouped_route"
+    GROUPED_CONV = "grouped_conv"
+    FEEDS_GROUPED_CONV = "feeds_grouped_conv"
+    SE = "se"
+    SHORTCUT_GROUP = "shortcut_group"
+
+
+@dataclass(frozen=True)
+class PrunableSet:
+    """The BN layers sparse training penalises for one cfg and ``--prune`` mode.
+
+    ``layers``: darknet indices of the convs whose BN γ is penalised, ascending.
+    ``excluded``: every other conv layer → the reason(s) it is left out, ``"; "``-joined.
+    ``shortcut_groups``: convs whose output channels are tied through residual sums (each group is
+    one channel space; shortcut and slim pruning must give all members one merged mask).
+    """
+
+    layers: tuple[int, ...]
+    excluded: dict[int, str]
+    mode: PruneMode
+    shortcut_groups: tuple[tuple[int, ...], ...] = field(default=(), compare=False)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __contains__(self, index: object) -> bool:
+        return index in self.layers
+
+    def __iter__(self):
+        return iter(self.layers)
+
+
+# --------------------------------------------------------------------------------------------- graph
+
+
+def _channel_sources(cfg: Cfg) -> list[frozenset[int]]:
+    """For every layer, the convs whose output-channel choice shapes that layer's channels.
+
+    Pruning any conv in ``sources[i]`` removes channels from layer i's output. A conv starts a new
+    channel space; a grouped/depthwise conv also carries its input's (its channel k reads input
+    group k); shortcuts and scale_channels multiply/add element-wise, so both inputs count; routes
+    concatenate (or slice) theirs; pools, upsample, dropout and yolo pass channels through.
+    """
+    out: list[frozenset[int]] = []
+
+    def prev(i: int) -> frozenset[int]:
+        return out[i - 1] if i > 0 else frozenset()  # layer 0 reads the image: nothing to prune
+
+    for layer in cfg.layers:
+        i = layer.index
+        if isinstance(layer, ConvSpec):
+            out.append(frozenset({i}) | (prev(i) if layer.groups > 1 else frozenset()))
+        elif isinstance(layer, RouteSpec):
+            out.append(frozenset().union(*(out[j] for j in layer.layers)))
+        elif isinstance(layer, (ShortcutSpec, ScaleChannelsSpec)):
+            out.append(prev(i) | out[layer.source])
+        else:  # maxpool, avgpool, upsample, dropout, yolo
+            out.append(prev(i))
+    return out
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+    def groups(self) -> list[tuple[int, ...]]:
+        by_root: dict[int, list[int]] = {}
+        for x in self.parent:
+            by_root.setdefault(self.find(x), []).append(x)
+        return sorted(tuple(sorted(g)) for g in by_root.values())
+
+
+def _channel_rules(cfg: Cfg) -> tuple[dict[int, list[tuple[_Rule, str]]], list[tuple[int, ...]]]:
+    """Every structural reason each conv's channels cannot be chosen freely, and the shortcut groups."""
+    sources = _channel_sources(cfg)
+    shapes = infer_shapes(cfg)
+    convs = {layer.index: layer for layer in cfg.layers if isinstance(layer, ConvSpec)}
+    # conv -> (rule, message template) -> the layers it ties to, so one message lists them all
+    notes: dict[int, dict[tuple[_Rule, str], list[int]]] = {i: {} for i in convs}
+
+    def mark(targets: Iterable[int], rule: _Rule, template: str, layer: int | None = None) -> None:
+        for j in sorted(targets):
+            if j in notes:
+                refs = notes[j].setdefault((rule, template), [])
+                if layer is not None and layer not in refs:
+                    refs.append(layer)
+
+    def prev_sources(i: int) -> frozenset[int]:
+        return sources[i - 1] if i > 0 else frozenset()
+
+    for i, conv in convs.items():
+        if not conv.batch_normalize:
+            mark([i], _Rule.NO_BN, "no batch norm: no γ to sparsify")
+    groups = _UnionFind()
+    for layer in cfg.layers:
+        i = layer.index
+        if isinstance(layer, YoloSpec):
+            mark(prev_sources(i), _Rule.YOLO, "feeds [yolo] {}: head width fixed by anchors x (5 + classes)", i)
+        elif isinstance(layer, ShortcutSpec):
+            tied = sorted(sources[i])
+            mark(tied, _Rule.SHORTCUT, "channels tied by residual sums (shortcut {})", i)
+            for j in tied:
+                groups.find(j)
+            for a, b in pairwise(tied):
+                groups.union(a, b)
+        elif isinstance(layer, UpsampleSpec):
+            mark(prev_sources(i), _Rule.UPSAMPLE, "feeds upsample {}", i)
+        elif isinstance(layer, RouteSpec):
+            if layer.groups > 1:
+                tied = frozenset().union(*(sources[j] for j in layer.layers))
+                mark(tied, _Rule.GROUPED_ROUTE, "feeds grouped route {} (its groups split the channels)", i)
+            if len(layer.layers) > 1:
+                for j in layer.layers:
+                    pool = cfg.layers[j]
+                    if isinstance(pool, MaxPoolSpec) and pool.stride == 1:
+                        mark(sources[j], _Rule.SPP, f"feeds SPP maxpools {{}} (concatenated by route {i})", j)
+        elif isinstance(layer, ConvSpec) and layer.groups > 1:
+            in_channels = shapes[i - 1][0] if i > 0 else cfg.net.channels
+            kind = "depthwise conv" if layer.groups == in_channels else f"grouped conv (groups={layer.groups})"
+            mark([i], _Rule.GROUPED_CONV, f"{kind}: its channels follow its input's")
+            mark(prev_sources(i), _Rule.FEEDS_GROUPED_CONV, f"feeds {kind} {{}}: channels tied", i)
+        elif isinstance(layer, ScaleChannelsSpec):
+            template = "squeeze-excitation of scale_channels {}"
+            mark(sources[layer.source] | prev_sources(i), _Rule.SE, template, i)
+            # the squeeze conv(s) of the branch: walk back from the excite conv to the avgpool
+            chain: list[int] = []
+            j = i - 1
+            while j > layer.source and isinstance(cfg.layers[j], (ConvSpec, DropoutSpec)):
+                chain.append(j)
+                j -= 1
+            if j > layer.source and isinstance(cfg.layers[j], AvgPoolSpec):
+                mark([c for c in chain if c in convs], _Rule.SE, template, i)
+    reasons = {
+        i: [(rule, template.format(", ".join(map(str, sorted(refs))))) for (rule, template), refs in by_rule.items()]
+        for i, by_rule in notes.items()
+    }
+    return reasons, groups.groups()
+
+
+def _removable_blocks(cfg: Cfg) -> tuple[list[int], dict[int, str]]:
+    """Last conv of every residual block that layer pruning can delete, and why others cannot."""
+    readers: dict[int, list[int]] = {}
+    for layer in cfg.layers:
+        refs: tuple[int, ...] = ()
+        if isinstance(layer, RouteSpec):
+            refs = layer.layers
+        elif isinstance(layer, (ShortcutSpec, ScaleChannelsSpec)):
+            refs = (layer.source,)
+        for r in refs:
+            readers.setdefault(r, []).append(layer.index)
+    found: list[int] = []
+    blocked: dict[int, str] = {}
+    for layer in cfg.layers:
+        if not isinstance(layer, ShortcutSpec):
+            continue
+        s = layer.index
+        last = s - 1
+        conv = cfg.layers[last]
+        if not isinstance(conv, ConvSpec) or layer.source >= last:
+            continue  # nothing between the source and the shortcut that ends in a conv
+        block = range(layer.source + 1, s)
+        outside = sorted(r for j in block for r in readers.get(j, []) if not layer.source < r <= s)
+        if outside:
+            blocked[last] = (
+                f"last conv of residual block {block.start}..{s} (shortcut {s}), but layer {outside[0]} reads "
+                f"inside the block, so it cannot be removed"
+            )
+        elif not conv.batch_normalize:
+            blocked[last] = "no batch norm: no γ to sparsify"
+        else:
+            found.append(last)
+    return found, blocked
+
+
+def prunable_bn(cfg: Cfg, mode: int | PruneMode) -> PrunableSet:
+    """The convs whose BN γ ``--prune mode`` sparsifies, derived from the cfg graph.
+
+    A conv's output channels can be cut on their own only when nothing else fixes their number or
+    order. The reference (SpursLipu's ``parse_module_defs*``, compression-algorithms.md §1.2) checks
+    the cfg neighbours of each conv; here each rule is applied through the graph — a conv counts as
+    feeding a layer when it shapes that layer's channels through any chain of routes, pools,
+    upsamples, shortcuts and depthwise convs (:func:`_channel_sources`) — so it holds for any cfg.
+
+    Mode 0 (normal and regular pruning) sparsifies every conv with BN except:
+
+    * **no BN** — nothing to rank (the 1x1 convs feeding ``[yolo]``);
+    * **feeds ``[yolo]``** — head width is ``len(mask)·(5 + classes)``, fixed by the anchors;
+    * **shortcut** — both inputs of a residual add must keep equal, aligned channels: the conv just
+      before each shortcut, the ``from`` conv, and transitively a shortcut's ``from`` shortcut's
+      inputs (for Darknet-53 the stride-2 conv starting a stage and the last conv of every block);
+    * **SPP input** — the conv whose output is max-pooled (stride 1) and concatenated with its own
+      pooled copies; the reference excludes it (its activation-offset compensation stops at the
+      SPP route). Stride-2 tiny-model maxpools are ordinary downsampling and do not count;
+    * **feeds upsample** — the reference excludes the 1x1 conv before each upsample (CL's YOLOv3
+      layers 84/96); kept for parity, the upsampled map is concatenated into the neck;
+    * **feeds a grouped route** — ``groups>1`` hands out fixed halves (YOLOv4-tiny's CSP split), so
+      cutting the feeder moves channels between the halves;
+    * **depthwise / grouped conv**, and the convs feeding one — a depthwise conv has one filter per
+      input channel: its channels are its input's (mobilenet expansion conv + depthwise);
+    * **squeeze-excitation** — ``scale_channels`` multiplies a map by a per-channel vector: the
+      scaled map's convs and the excite conv are tied; the squeeze conv is left alone too, as the
+      reference treats an SE block as one unprunable unit (and it runs on a 1x1 map: nothing to gain).
+
+    Mode 1 (shortcut, slim, layer-channel pruning) also sparsifies the shortcut-tied convs: those
+    methods give every conv of a shortcut group (:attr:`PrunableSet.shortcut_groups`) one merged
+    mask. A group is still left out whole when any member is excluded for another reason (or has no
+    BN): that member keeps all channels, so the merged mask would keep all of them too.
+
+    Mode 2 (layer pruning) sparsifies only the last conv of each residual block (the conv right
+    before a ``[shortcut]``), whose mean |γ| ranks the block for removal. A block is the layers
+    between the shortcut's ``from`` and the shortcut; it is removable only when no layer after it
+    reads inside it. Inverted-residual blocks (expansion, depthwise, projection) qualify too.
+
+    Raises UsageError when the mode finds nothing (e.g. mode 2 on a cfg without shortcuts).
+    """
+    mode = PruneMode.parse(mode)
+    convs = [layer for layer in cfg.layers if isinstance(layer, ConvSpec)]
+    reasons, shortcut_groups = _channel_rules(cfg)
+    excluded: dict[int, str] = {}
+    rule_counts: Counter[str] = Counter()
+    if mode is PruneMode.LAYER:
+        chosen, blocked = _removable_blocks(cfg)
+        for conv in convs:
+            if conv.index not in chosen:
+                excluded[conv.index] = blocked.get(conv.index, "not the last conv of a removable residual block")
+        rule_counts["not a removable block's last conv"] = len(excluded)
+    else:
+        active = {
+            i: [r for r in rs if mode is PruneMode.NORMAL or r[0] is not _Rule.SHORTCUT] for i, rs in reasons.items()
+        }
+        if mode is PruneMode.SHORTCUT:
+            for group in shortcut_groups:
+                frozen = [j for j in group if active[j]]
+                if frozen:
+                    why = active[frozen[0]][0][1]
+                    for j in group:
+                        if not active[j]:
+                            active[j].append(
+                                (_Rule.SHORTCUT_GROUP, f"shortcut group {list(group)} is frozen by layer {frozen[0]} ({why})")
+                            )
+        chosen = [i for i, rs in active.items() if not rs]
+        excluded = {i: "; ".join(text for _, text in rs) for i, rs in active.items() if rs}
+        rule_counts.update(rule.value for rs in active.values() for rule in {r for r, _ in rs})
+    result = PrunableSet(tuple(sorted(chosen)), dict(sorted(excluded.items())), mode, tuple(shortcut_groups))
+    bn_count = sum(1 for c in convs if c.batch_normalize)
+    if not result.layers:
+        hint = (
+            "it has no removable residual block ([shortcut] after a conv); use --prune 0 or 1"
+            if mode is PruneMode.LAYER
+            else "every conv is tied to a shortcut, head, SPP, upsample, grouped route, depthwise or SE layer"
+            + ("; try --prune 1" if mode is PruneMode.NORMAL and shortcut_groups else "")
+        )
+        raise UsageError(f"{cfg.path}: --prune {int(mode)} ({mode.name.lower()}) finds no prunable BN layer: {hint}")
+    logger.info(
+        "%s --prune %d (%s): %d of %d BN convs sparsified; %d convs excluded (%s)",
+        cfg.path, int(mode), mode.name.lower(), len(result.layers), bn_count, len(excluded),
+        ", ".join(f"{why}: {n}" for why, n in sorted(rule_counts.items())) or "none",
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------------- penalty
+
+
+class SparsitySchedule(str, Enum):
+    CONSTANT = "constant"
+    STEP = "step"
+    LOCAL = "local"
+    DYNAMIC = "dynamic"
+
+    @classmethod
+    def parse(cls, value: str | SparsitySchedule) -> SparsitySchedule:
+        try:
+            return cls(value)
+        except ValueError:
+            raise UsageError(
+                f"unknown sparse-rate schedule {value!r}; expected one of {', '.join(m.value for m in cls)}"
+            ) from None
+
+
+def _bn_modules(model: nn.Module, layers: Iterable[int]) -> list[tuple[int, nn.BatchNorm2d]]:
+    module_list = getattr(model, "module_list", None)
+    if module_list is None:
+        raise UsageError(f"expected a Darknet model (with .module_list), got {type(model).__name__}; unwrap DDP/EMA first")
+    out = []
+    for i in layers:
+        block = module_list[i] if 0 <= i < len(module_list) else None
+        if not isinstance(block, ConvBlock) or block.bn is None:
+            raise UsageError(f"layer {i} is not a convolutional layer with batch norm; only BN γ can be sparsified")
+        out.append((int(i), block.bn))
+    return out
+
+
+def _abs_gammas(bns: Iterable[tuple[int, nn.BatchNorm2d]]) -> Tensor:
+    parts = [bn.weight.detach().abs().flatten().float() for _, bn in bns]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _check_fraction(name: str, value: float, low_open: bool = True) -> float:
+    value = float(value)
+    ok = (0.0 < value if low_open else 0.0 <= value) and value <= 1.0
+    if not ok:
+        raise UsageError(f"{name} must lie in {'(0' if low_open else '[0'}, 1], got {value}")
+    return value
+
+
+class SparsityRegularizer:
+    """Adds the L1 subgradient ``s_eff · sign(γ)`` to the BN γ gradients of the prunable set.
+
+    Call :meth:`apply` once per **optimizer step**, after ``backward()`` (after the last micro-batch
+    when accumulating) and after ``GradScaler.unscale_()`` under AMP, before ``optimizer.step()``.
+    The penalty is then independent of batch size, gradient accumulation and the AMP loss scale:
+    ``--s 0.001`` moves γ by ``lr · 0.001`` per step whatever the batch. (The reference adds it per
+    mini-batch, so it grows with the accumulation count, and before unscaling, so AMP divides it
+    by the loss scale: compression-algorithms.md §1.1.) γ should sit in a param group without
+    weight decay, or the decay adds a second, L2, pull.
+
+    Schedules (``epoch`` counts from 0; ``decay_epoch = ceil(decay_start · epochs)``):
+
+    * ``constant`` — ``s`` throughout (the reference default);
+    * ``step`` — ``s`` before ``decay_epoch``, ``0.01 · s`` from it on (TL strategy 2: compress hard
+      early, let accuracy recover later);
+    * ``local`` — ``s`` before ``decay_epoch``; from it on, at every step, the channels whose |γ| is
+      at or above the ``local_percentile`` quantile of all prunable |γ| (``sorted[int(N·p)]``, i.e.
+      the top ``1 − p``, 30 % by default) get ``0.01 · s`` and the rest keep ``s`` (TL strategy 3:
+      ``p`` is the prune ratio you intend, so the channels you will keep stop being pushed);
+    * ``dynamic`` — edgeyolo's variable sparse rate, a feedback controller measured once per epoch
+      by :meth:`update`. With ``frac`` the fraction of prunable |γ| below ``threshold``::
+
+          gap    = (target - frac) / target
+          s_t    = s · DECAY_FACTOR                                  if frac >= target
+          s_t    = s · clip(gain · gap, s_min_factor, s_max_factor)  otherwise
+
+      Defaults (threshold 1e-2, target 0.5, gain 2, factors 0.1..2): far from the target (frac = 0)
+      the rate is 2·s, half-way it is s, close to it it tapers to 0.1·s, and once the target is
+      reached it drops to 0.01·s — γ that are already small stay small without more pressure on the
+      rest. If frac later falls under the target again the controller takes over again. s_t depends
+      only on the weights at the epoch start, so runs (and resumes) are deterministic.
+
+    :attr:`current_s` is the rate in force (for ``local``, the rate of the not-relieved channels).
+    """
+
+    def __init__(
+        self,
+        model: Darknet,
+        mode: int | PruneMode,
+        s: float,
+        schedule: str | SparsitySchedule = "constant",
+        epochs: int | None = None,
+        *,
+        decay_start: float = 0.5,
+        local_percentile: float = 0.7,
+        threshold: float = 1e-2,
+        target: float = 0.5,
+        gain: float = 2.0,
+        s_min_factor: float = 0.1,
+        s_max_factor: float = 2.0,
+        prunable: PrunableSet | None = None,
+    ):
+        self.schedule = SparsitySchedule.parse(schedule)
+        if not (math.isfinite(float(s)) and float(s) >= 0.0):
+            raise UsageError(f"--s (sparse rate) must be a finite number >= 0, got {s}")
+        if self.schedule in (SparsitySchedule.STEP, SparsitySchedule.LOCAL) and (epochs is None or int(epochs) <= 0):
+            raise UsageError(f"the '{self.schedule.value}' sparse-rate schedule needs the number of epochs (> 0), got {epochs}")
+        if not 0.0 < s_min_factor <= s_max_factor:
+            raise UsageError(f"need 0 < s_min_factor <= s_max_factor, got {s_min_factor} and {s_max_factor}")
+        if not (math.isfinite(gain) and gain > 0):
+            raise UsageError(f"the dynamic schedule's gain must be > 0, got {gain}")
+        if not (math.isfinite(threshold) and threshold > 0):
+            raise UsageError(f"the |γ| threshold must be > 0, got {threshold}")
+        self.s = float(s)
+        self.epochs = int(epochs) if epochs is not None else None
+        self.decay_start = _check_fraction("decay_start", decay_start, low_open=False)
+        self.local_percentile = _check_fraction("local_percentile", local_percentile, low_open=False)
+        self.threshold = float(threshold)
+        self.target = _check_fraction("target", target)
+        self.gain = float(gain)
+        self.s_min_factor = float(s_min_factor)
+        self.s_max_factor = float(s_max_factor)
+        self.prunable = prunable if prunable is not None else prunable_bn(model.cfg, mode)
+        self.mode = self.prunable.mode
+        self._bns = _bn_modules(model, self.prunable.layers)
+        self._epoch: int | None = None
+        self._factor = 1.0
+        self._fraction: float | None = None
+
+    # ------------------------------------------------------------------ schedule
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.prunable.layers
+
+    @property
+    def decay_epoch(self) -> int | None:
+        """First epoch of the decayed phase of ``step`` / ``local``; None for the others."""
+        if self.epochs is None or self.schedule not in (SparsitySchedule.STEP, SparsitySchedule.LOCAL):
+            return None
+        return math.ceil(self.decay_start * self.epochs)
+
+    @property
+    def current_s(self) -> float:
+        return self.s * self._factor
+
+    @property
+    def last_fraction(self) -> float | None:
+        """Fraction of prunable |γ| below ``threshold`` at the last dynamic update (None before)."""
+        return self._fraction
+
+    def _decayed(self, epoch: int) -> bool:
+        start = self.decay_epoch
+        return start is not None and epoch >= start
+
+    def update(self, epoch: int) -> float:
+        """Set the rate for ``epoch`` (call at the start of each epoch); returns :attr:`current_s`.
+
+        For ``dynamic`` this measures the γ now; :meth:`apply` calls it itself on the first step of
+        an epoch it has not seen.
+        """
+        epoch = int(epoch)
+        if epoch < 0:
+            raise UsageError(f"epoch must be >= 0, got {epoch}")
+        if self.schedule is SparsitySchedule.DYNAMIC:
+            gammas = _abs_gammas(self._bns)
+            frac = float((gammas < self.threshold).double().mean()) if gammas.numel() else 0.0
+            self._fraction = frac
+            self._factor = self.dynamic_factor(frac)
+            logger.info(
+                "sparsity epoch %d: %.1f%% of prunable γ below %g (target %.0f%%) -> s = %.3g",
+                epoch, 100 * frac, self.threshold, 100 * self.target, self.current_s,
+            )
+        elif self.schedule is SparsitySchedule.STEP:
+            self._factor = DECAY_FACTOR if self._decayed(epoch) else 1.0
+        else:
+            self._factor = 1.0  # constant; local relieves per channel in apply()
+        self._epoch = epoch
+        return self.current_s
+
+    def dynamic_factor(self, fraction: float) -> float:
+        """``s_t / s`` of the dynamic schedule for a measured fraction of small γ (see the class doc)."""
+        if fraction >= self.target:
+            return DECAY_FACTOR
+        gap = (self.target - fraction) / self.target
+        return min(max(self.gain * gap, self.s_min_factor), self.s_max_factor)
+
+    # ------------------------------------------------------------------ penalty
+
+    @torch.no_grad()
+    def apply(self, epoch: int) -> float:
+        """Add ``s_eff · sign(γ)`` to each prunable γ's gradient; returns the rate used.
+
+        Exactly once per optimizer step (see the class doc). Nothing but the prunable γ gradients
+        is touched; a γ without a gradient yet gets the penalty as its gradient.
+        """
+        if self._epoch != int(epoch):
+            self.update(epoch)
+        s = self.current_s
+        if s == 0.0:
+            return s
+        relieve: Tensor | None = None
+        if self.schedule is SparsitySchedule.LOCAL and self._decayed(int(epoch)):
+            gammas = _abs_gammas(self._bns)
+            k = min(int(gammas.numel() * self.local_percentile), gammas.numel() - 1)
+            relieve = torch.sort(gammas).values[k]
+        for _, bn in self._bns:
+            weight = bn.weight
+            sign = torch.sign(weight.detach())
+            if relieve is None:
+                step = sign * s
+            else:
+                coef = torch.where(weight.detach().abs().float() >= relieve.to(weight.device), s * DECAY_FACTOR, s)
+                step = sign * coef.to(sign.dtype)
+            if weight.grad is None:
+                weight.grad = step
+            else:
+                weight.grad.add_(step.to(weight.grad.dtype))
+        return s
+
+    # ------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-safe state. The rate is recomputed from the weights, so this is informational + epoch."""
+        return {
+            "schedule": self.schedule.value,
+            "s": self.s,
+            "mode": int(self.mode),
+            "epoch": self._epoch,
+            "factor": self._factor,
+            "fraction": self._fraction,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            return
+        if state.get("schedule", self.schedule.value) != self.schedule.value or int(state.get("mode", self.mode)) != self.mode:
+            logger.warning(
+                "resuming sparse training with schedule %s / --prune %d; the checkpoint used %s / --prune %s",
+                self.schedule.value, int(self.mode), state.get("schedule"), state.get("mode"),
+            )
+            return
+        self._epoch = state.get("epoch")
+        self._factor = float(state.get("factor", 1.0))
+        fraction = state.get("fraction")
+        self._fraction = None if fraction is None else float(fraction)
+
+
+# --------------------------------------------------------------------------------------------- stats
+
+
+def _layer_list(layers: Iterable[int] | PrunableSet) -> list[int]:
+    return list(layers.layers if isinstance(layers, PrunableSet) else layers)
+
+
+def gamma_stats(model: nn.Module, layers: Iterable[int] | PrunableSet) -> dict[str, float | int]:
+    """Distribution of |γ| over the given BN layers: how far sparsification has come.
+
+    Keys: ``count``; ``frac_lt_1e-2`` and ``frac_lt_1e-3`` (fraction with |γ| strictly below);
+    ``p1 p5 p25 p50 p75 p95`` (percentiles of |γ|, linear interpolation); ``mean``; ``max``.
+    """
+    index = _layer_list(layers)
+    if not index:
+        raise UsageError("gamma_stats needs at least one BN layer")
+    gammas = _abs_gammas(_bn_modules(model, index)).double().cpu().numpy()
+    stats: dict[str, float | int] = {"count": int(gammas.size)}
+    for thr in STAT_THRESHOLDS:
+        stats[f"frac_lt_{thr:.0e}".replace("e-0", "e-")] = float(np.mean(gammas < thr))
+    for p, v in zip(STAT_PERCENTILES, np.percentile(gammas, STAT_PERCENTILES)):
+        stats[f"p{p}"] = float(v)
+    stats["mean"] = float(gammas.mean())
+    stats["max"] = float(gammas.max())
+    return stats
+
+
+def plot_gamma_histogram(
+    model: nn.Module, layers: Iterable[int] | PrunableSet, path: str | Path, title: str = "BN |γ|"
+) -> Path:
+    """Histogram of |γ| on a log axis, written atomically as a PNG. Returns the path.
+
+    Exact zeros (and anything below 1e-8) are drawn in the first bin and counted in the legend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from edgeyolo.model.io import atomic_write_bytes
+
+    index = _layer_list(layers)
+    if not index:
+        raise UsageError("plot_gamma_histogram needs at least one BN layer")
+    gammas = _abs_gammas(_bn_modules(model, index)).double().cpu().numpy()
+    floor = 1e-8
+    tiny = int(np.sum(gammas < floor))
+    values = np.maximum(gammas, floor)
+    hi = max(float(values.max()), floor * 10)
+    bins = np.logspace(math.log10(floor), math.log10(hi) + 1e-9, 80)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist(values, bins=bins, color="#3b75af")
+    ax.set_xscale("log")
+    for thr, style in zip(STAT_THRESHOLDS, ("--", ":")):
+        frac = float(np.mean(gammas < thr))
+        ax.axvline(thr, color="#c0392b", linestyle=style, label=f"|γ| < {thr:g}: {frac:.1%}")
+    if tiny:
+        ax.plot([], [], " ", label=f"{tiny} at |γ| < {floor:g} (drawn at {floor:g})")
+    ax.set_xlabel("|γ| (log scale)")
+    ax.set_ylabel("channels")
+    ax.set_title(f"{title} — {gammas.size} channels in {len(index)} layers")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write_bytes(Path(path), buffer.getvalue())
