@@ -48,6 +48,7 @@ class Contract:
     score: str = "objectness*class"  # darknet's convention
     box_format: str = "cxcywh-input-pixels"
     classes: tuple[int, ...] | None = None  # keep only these class ids
+    max_candidates: int = 30000  # highest-scoring (box, class) pairs that enter NMS
     version: int = field(default=1)
 
     def __post_init__(self) -> None:
@@ -138,12 +139,15 @@ class Contract:
             rows, cls = rows[keep], cls[keep]
         if rows.size == 0:
             return np.zeros((0, 6), dtype=np.float32)
+        if rows.size > self.max_candidates:
+            top = np.argsort(-scores[rows, cls], kind="stable")[: self.max_candidates]
+            rows, cls = rows[top], cls[top]
         p = pred[rows]
         xyxy = np.stack(
             [p[:, 0] - p[:, 2] / 2, p[:, 1] - p[:, 3] / 2, p[:, 0] + p[:, 2] / 2, p[:, 1] + p[:, 3] / 2], axis=1
         )
         score = scores[rows, cls]
-        keep = nms(xyxy, score, None if self.agnostic_nms else cls, self.iou_threshold)[: self.max_detections]
+        keep = nms(xyxy, score, None if self.agnostic_nms else cls, self.iou_threshold, self.max_detections)
         det = np.concatenate([xyxy[keep], score[keep, None], cls[keep, None].astype(np.float32)], axis=1)
         if box is not None:
             det[:, [0, 2]] = ((det[:, [0, 2]] - box.pad_x) / box.scale_x).clip(0, box.orig_w)
@@ -162,22 +166,45 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS; per class unless ``classes`` is None. Returns kept indices by descending score."""
-    order = np.argsort(-scores, kind="stable")
-    boxes = boxes.astype(np.float64)
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, iou_threshold: float, max_keep: int | None = None
+) -> np.ndarray:
+    """Greedy NMS; per class unless ``classes`` is None. Returns kept indices by descending score.
+
+    Boxes are visited in score order, so the sweep can stop after ``max_keep`` survivors without
+    changing them: later boxes never suppress earlier ones. With max_keep = max detections this keeps
+    an untrained model's tens of thousands of candidates at conf 0.001 to milliseconds.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
     if classes is not None and boxes.size:
-        # shift each class into its own region so one pass suppresses within classes only
-        boxes = boxes + (classes.astype(np.float64) * (boxes.max() - boxes.min() + 1.0))[:, None]
+        # shift each class into its own region so one sweep suppresses within classes only
+        boxes = boxes + (np.asarray(classes, dtype=np.float64) * (boxes.max() - boxes.min() + 1.0))[:, None]
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    x1, y1, x2, y2 = (boxes[:, k] if boxes.size else np.zeros(0) for k in range(4))
+    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     keep: list[int] = []
-    while order.size:
+    limit = len(order) if max_keep is None else max_keep
+    while order.size and len(keep) < limit:
         i = int(order[0])
         keep.append(i)
-        if order.size == 1:
+        rest = order[1:]
+        if not rest.size:
             break
-        ious = box_iou(boxes[i : i + 1], boxes[order[1:]])[0]
-        order = order[1:][ious <= iou_threshold]
+        # the IoU of box i with the rest, same arithmetic as box_iou
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        union = area[i] + area[rest] - inter
+        ious = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+        order = rest[ious <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
+    alive = np.arange(n)
+    while alive.size:  # large groups: one IoU row at a time keeps memory flat
+        i = alive[0]
+        keep.append(int(order[i]))
+        ious = box_iou(sorted_boxes[i : i + 1], sorted_boxes[alive[1:]])[0]
+        alive = alive[1:][ious <= iou_threshold]
+    return keep
 
 
 @dataclass(frozen=True)

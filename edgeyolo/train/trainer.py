@@ -343,6 +343,10 @@ class Trainer:
             self.save_state(epoch, record.map50)
             if self.rank == 0:
                 self._write_metrics()
+                if self.sparsity:
+                    from edgeyolo.train.sparsity import plot_gamma_histogram
+
+                    plot_gamma_histogram(self.model, self.sparsity.layers, self.run_dir / "gamma.png", f"BN |γ| after epoch {epoch}")
             if self.on_epoch:
                 self.on_epoch(record)
         return self.history
