@@ -45,7 +45,7 @@ import numpy as np
 
 from edgeyolo.data.types import Annotation, DetectionDataset, LabelIssue, Sample
 from edgeyolo.errors import InputFileError
-from edgeyolo.model.io import IMAGE_SUFFIXES
+from edgeyolo.model.io import IMAGE_SUFFIXES, read_image
 
 COORD_TOL = 1e-6  # normalised YOLO coordinates may exceed [0, 1] by this much
 PIXEL_TOL = 1.0  # pixel boxes may exceed the image by this much without a note
@@ -90,15 +90,7 @@ def read_image_size(path: str | Path) -> tuple[int, int] | None:
 
 
 def _decoded_size(path: Path) -> tuple[int, int] | None:
-    import cv2
-
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    image = read_image(path)
     if image is None:
         return None
     return int(image.shape[1]), int(image.shape[0])

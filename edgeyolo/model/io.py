@@ -32,6 +32,29 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_image(path: str | Path):
+    """BGR uint8 image, or None when the file is missing, empty or not a decodable image.
+
+    Reads the bytes first so that a non-ASCII path or a truncated file is a None, never an exception.
+    """
+    import cv2
+    import numpy as np
+
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        return None
+    return image
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from edgeyolo.contract import INTERPOLATIONS, Contract, Letterbox
 from edgeyolo.data.types import DetectionDataset, Sample
 from edgeyolo.errors import UsageError
+from edgeyolo.model.io import read_image
 
 log = logging.getLogger(__name__)
 
@@ -364,20 +365,7 @@ class YoloTrainDataset(Dataset):
     # ---------------------------------------------------------------- stages
 
     def _decode(self, index: int) -> np.ndarray | None:
-        path = self.samples[index].image
-        try:
-            data = np.fromfile(str(path), dtype=np.uint8)
-        except OSError:
-            return None
-        if data.size == 0:
-            return None
-        try:
-            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        except cv2.error:
-            return None
-        if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-            return None
-        return image
+        return read_image(self.samples[index].image)
 
     def _read(self, index: int) -> np.ndarray | None:
         image = self._cache[index] if self._cache is not None else self._decode(index)
