@@ -78,3 +78,26 @@ def host(
     console = Console(width=140)
     console.print(table)
     console.print(f"fp32 GEMM ceiling on {threads} threads: {ceiling:.0f} GFLOP/s (torch.mm 1024^3, best of 10)")
+
+
+@app.command("train-step")
+def train_step(
+    cfg: str = typer.Option("edgeyolo-res", "--cfg", help="darknet .cfg or zoo name."),
+    img_size: int = typer.Option(160, "--img-size", help="Training size."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Batch size."),
+    images: int = typer.Option(256, "--images", help="Synthetic training images (one epoch)."),
+    workers: int = typer.Option(2, "--workers", help="Data loading processes."),
+    sparse: bool = typer.Option(False, "-sr", "--sparse", help="Include the sparsity penalty."),
+) -> None:
+    """Trainer throughput vs a bare forward+backward on a pre-loaded batch (aim: overhead <= 10 %)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeyolo.bench.train_step import bench_train_step
+
+    r = bench_train_step(cfg, img_size, batch_size, images, workers, sparse=sparse)
+    table = Table(title=f"{cfg} @ {img_size}, batch {batch_size}, {images} images")
+    for col in ("bare fwd+bwd img/s", "trainer img/s", "trainer / bare step time"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{r.bare_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x")
+    Console(width=120).print(table)
