@@ -115,3 +115,23 @@ def test_ddp_two_cpu_processes_with_gloo(synth, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "state.pt").exists()
     assert len(list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))) == 1
+
+
+def test_sparse_training_logs_gamma_statistics(synth, tmp_path):
+    args = base_args(synth, tmp_path, 1) + ["-sr", "--s", "0.01", "--prune", "1", "--sr-schedule", "dynamic"]
+    proc = subprocess.run(CLI + args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    assert (run / "gamma.png").stat().st_size > 1000
+    row = next(csv.DictReader((run / "metrics.csv").open()))
+    assert float(row["sparsity.s"]) > 0 and 0 <= float(row["sparsity.frac_lt_1e-2"]) <= 1
+    assert "γ<1e-2" in proc.stdout
+
+
+def test_sparse_training_refuses_an_empty_prunable_set(synth, tmp_path):
+    tiny12 = tmp_path / "tiny12.cfg"  # no residual blocks, so --prune 2 has nothing to sparsify
+    tiny12.write_text(cfg_path("yolov3-tiny").read_text().replace("classes=80", "classes=12").replace("filters=255", "filters=51"))
+    args = base_args(synth, tmp_path, 1) + ["--cfg", str(tiny12), "-sr", "--prune", "2"]
+    proc = subprocess.run(CLI + args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error:") and "finds no prunable BN layer" in proc.stderr
