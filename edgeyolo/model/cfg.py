@@ -518,7 +518,7 @@ def parse_cfg_text(text: str, path: str | Path = "<cfg>") -> Cfg:
 def parse_cfg(path: str | Path) -> Cfg:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputFileError(f"cfg file not found: {path}") from None
     except IsADirectoryError:

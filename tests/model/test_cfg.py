@@ -93,3 +93,9 @@ def test_odd_sizes_maxpool_geometry():
     shapes = infer_shapes(cfg, 320, 320)
     assert shapes[10] == (512, 10, 10)  # stride-2 pool of 20 -> 10
     assert shapes[11] == (512, 10, 10)  # size-2 stride-1 pool keeps size
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "bom.cfg"
+    path.write_bytes(b"\xef\xbb\xbf" + cfg_path("yolov3-tiny").read_bytes())
+    assert parse_cfg(path).layers == parse_cfg(cfg_path("yolov3-tiny")).layers
