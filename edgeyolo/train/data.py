@@ -152,7 +152,7 @@ class _BadFlags:
     """
 
     def __init__(self, n: int, initial: bytes | None = None) -> None:
-        self._arr = multiprocessing.Array("b", max(n, 1))
+        self._arr = multiprocessing.get_context(WORKER_CONTEXT).Array("b", max(n, 1))
         if initial:
             self._view()[: len(initial)] = np.frombuffer(initial, np.int8)
 
@@ -541,6 +541,11 @@ class _FixedBatches(Sampler):
         return len(self.batches)
 
 
+# Workers are spawned, not forked: a process that has already run OpenCV or OpenMP thread pools
+# can deadlock its forked children (seen: a loader hung forever inside a long test session).
+WORKER_CONTEXT = "spawn"
+
+
 def _worker_init(worker_id: int) -> None:
     # samples take their randomness from (seed, epoch, index); this only keeps stray global use
     # deterministic and stops OpenCV threads from oversubscribing the worker processes
@@ -604,6 +609,7 @@ def make_loader(
         worker_init_fn=_worker_init if workers else None,
         generator=epoch_generator(seed, epoch),
         persistent_workers=False,
+        multiprocessing_context=WORKER_CONTEXT if workers else None,
     )
 
 

@@ -314,7 +314,7 @@ class Trainer:
     def _batches(self, epoch: int):
         from torch.utils.data import DataLoader
 
-        from edgeyolo.train.data import collate
+        from edgeyolo.train.data import WORKER_CONTEXT, collate
 
         self.dataset.set_epoch(epoch)
         gen = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch, 1))
@@ -329,6 +329,7 @@ class Trainer:
             num_workers=self.config.workers,
             collate_fn=collate,
             persistent_workers=False,
+            multiprocessing_context=WORKER_CONTEXT if self.config.workers else None,
         )
 
     def fit(self) -> list[dict]:
