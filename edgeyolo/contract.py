@@ -198,13 +198,6 @@ def nms(
         ious = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
         order = rest[ious <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
-    alive = np.arange(n)
-    while alive.size:  # large groups: one IoU row at a time keeps memory flat
-        i = alive[0]
-        keep.append(int(order[i]))
-        ious = box_iou(sorted_boxes[i : i + 1], sorted_boxes[alive[1:]])[0]
-        alive = alive[1:][ious <= iou_threshold]
-    return keep
 
 
 @dataclass(frozen=True)

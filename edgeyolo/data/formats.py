@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.parsers import expat
 
-import numpy as np
 
 from edgeyolo.data.types import Annotation, DetectionDataset, LabelIssue, Sample
 from edgeyolo.errors import InputFileError

@@ -171,7 +171,7 @@ def _darknet_source_model(model: Darknet, path: Path) -> Darknet:
     """
     import dataclasses
 
-    from edgeyolo.model.cfg import ConvSpec, YoloSpec
+    from edgeyolo.model.cfg import ConvSpec
     from edgeyolo.model.weights import expected_bytes, read_header
 
     size = path.stat().st_size
