@@ -118,27 +118,24 @@ class YoloLoss:
         n = targets.shape[0]
         # wh IoU of each target with every anchor of every head (input pixels)
         wh_px = targets[:, 4:6] * torch.tensor([img_w, img_h], device=device)
+        ious = [
+            _wh_iou(torch.tensor(head.anchors, device=device, dtype=targets.dtype), wh_px)
+            for head in self.heads
+        ]
+        # each target's single best anchor over all heads (first one on ties, in cfg order)
+        stacked = torch.cat(ious, 0)
+        best = stacked.argmax(0) if n else torch.zeros(0, dtype=torch.long, device=device)
+        has_best = stacked.max(0).values > 0 if n else torch.zeros(0, dtype=torch.bool, device=device)
         per_head = []
-        best_iou = torch.zeros(n, device=device)
-        best_at: list[tuple[int, int]] = [(-1, -1)] * n
-        ious = []
-        for i, head in enumerate(self.heads):
-            anchors_px = torch.tensor(head.anchors, device=device, dtype=targets.dtype)
-            iou = _wh_iou(anchors_px, wh_px) if n else torch.zeros((len(head.anchors), 0), device=device)
-            ious.append(iou)
-            if n:
-                value, index = iou.max(0)
-                better = value > best_iou
-                best_iou = torch.where(better, value, best_iou)
-                for t in torch.nonzero(better).flatten().tolist():
-                    best_at[t] = (i, int(index[t]))
+        offset = 0
         for i, (r, head) in enumerate(zip(raw, self.heads)):
             _, _, h, w = r.shape
             iou = ious[i]
             match = iou > self.config.iou_t
-            for t, (hi, ai) in enumerate(best_at):
-                if hi == i:
-                    match[ai, t] = True
+            local = best - offset
+            mine = has_best & (local >= 0) & (local < len(head.anchors))
+            match[local[mine], torch.nonzero(mine).flatten()] = True
+            offset += len(head.anchors)
             ai, ti = torch.nonzero(match, as_tuple=True)
             t = targets[ti]
             gxy = t[:, 2:4] * torch.tensor([w, h], device=device, dtype=t.dtype)
