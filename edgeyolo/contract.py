@@ -20,6 +20,11 @@ INTERPOLATIONS = {"linear": 1, "nearest": 0, "area": 3, "cubic": 2}  # cv2.INTER
 CHANNEL_ORDERS = ("rgb", "bgr", "gray")
 
 
+def channel_order_for(channels: int) -> str:
+    """The contract's channel order for a cfg's ``[net] channels``: 1 -> gray, otherwise RGB."""
+    return "gray" if channels == 1 else "rgb"
+
+
 @dataclass(frozen=True)
 class Letterbox:
     """How an original image maps into the network input: ``x_in = x_orig * scale + pad_x``."""

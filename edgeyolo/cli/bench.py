@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, load_cli_model
+from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, darknet_files, load_cli_model
 
 app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ def host(
     from rich.table import Table
 
     from edgeyolo.bench.host import bench_host, gemm_gflops
-    from edgeyolo.contract import Contract
+    from edgeyolo.contract import Contract, channel_order_for
     from edgeyolo.errors import UsageError
     from edgeyolo.log import track
     from edgeyolo.model.cfg import total_bflops
@@ -45,11 +45,10 @@ def host(
         raise UsageError(f"--images {images}: no readable images")
     model = load_cli_model(cfg, weights, random_init=weights is None, img_size=img_size)
     size = img_size or model.cfg.net.height
-    contract = Contract(size, size, channel_order="gray" if model.cfg.net.channels == 1 else "rgb")
+    contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels))
     gflops = total_bflops(model.cfg, size, conv_only=True)
-    cfg_file = Path(cfg) if Path(cfg).suffix == ".cfg" else None
-    darknet = weights if weights is not None and weights.suffix not in (".safetensors", ".pt", ".pth") else None
-    runners = {b: make_runner(b, model, contract, threads, cfg_file if darknet else None, darknet) for b in backends}
+    files = darknet_files(cfg, weights)
+    runners = {b: make_runner(b, model, contract, threads, *files) for b in backends}
     ceiling = gemm_gflops(threads)
     try:
         results = bench_host(runners, contract, frames, gflops, runs=runs, threads=threads, progress=lambda r: track(r, "bench"))

@@ -34,11 +34,11 @@ def load_cli_model(
     cfg_path = resolve_cfg(cfg) if cfg else None
     model = load_model(cfg_path, weights, cutoff=cutoff, partial=partial)
     if random_init:
-        from edgeyolo.contract import Contract
+        from edgeyolo.contract import Contract, channel_order_for
         from edgeyolo.model.init import calibration_batch, load_images, random_init as init, synthetic_images
 
         size = img_size or model.cfg.net.height
-        contract = Contract(size, size, channel_order="gray" if model.cfg.net.channels == 1 else "rgb")
+        contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels))
         images = load_images(calib_images, 16) if calib_images else []
         if calib_images and not images:
             raise UsageError(f"--calib-images {calib_images}: no readable images found")
@@ -46,6 +46,14 @@ def load_cli_model(
         init(model, calibration_batch(contract, images), seed=seed)
         model.eval()
     return model
+
+
+def darknet_files(cfg: str, weights: Optional[Path]) -> tuple[Optional[Path], Optional[Path]]:
+    """The user's own darknet cfg + weights when that is what was given, so OpenCV DNN reads those
+    very files; (None, None) otherwise, and the OpenCV runner writes darknet files from the model."""
+    if Path(cfg).suffix != ".cfg" or weights is None or weights.suffix.lower() in (".safetensors", ".pt", ".pth"):
+        return None, None
+    return Path(cfg), weights
 
 
 def check_img_size(img_size: Optional[int]) -> None:

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, load_cli_model
+from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, darknet_files, load_cli_model
 
 BACKENDS = ("torch", "onnxruntime", "opencv")
 
@@ -31,7 +31,7 @@ def detect(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset file (.yaml/.data/COCO json) to take names from."),
 ) -> None:
     """Detect objects; the same letterbox, decode and NMS for every backend."""
-    from edgeyolo.contract import Contract
+    from edgeyolo.contract import Contract, channel_order_for
     from edgeyolo.errors import UsageError
     from edgeyolo.log import track
     from edgeyolo.runtime.detect import run_detect
@@ -47,7 +47,7 @@ def detect(
     contract = Contract(
         size,
         size,
-        channel_order="gray" if model.cfg.net.channels == 1 else "rgb",
+        channel_order=channel_order_for(model.cfg.net.channels),
         conf_threshold=conf,
         iou_threshold=iou,
         max_detections=max_det,
@@ -55,9 +55,7 @@ def detect(
         classes=tuple(classes) if classes else None,
     )
     class_names = _names(names or data, model.num_classes)
-    cfg_file = Path(cfg) if Path(cfg).suffix == ".cfg" else None
-    darknet_weights = weights if weights.suffix not in (".safetensors", ".pt", ".pth") else None
-    with make_runner(backend, model, contract, threads, cfg_file, darknet_weights if cfg_file else None) as runner:
+    with make_runner(backend, model, contract, threads, *darknet_files(cfg, weights)) as runner:
         result = run_detect(
             runner,
             contract,

@@ -93,10 +93,10 @@ def darknet_cmd(
         import torch
 
         from edgeyolo.model.init import synthetic_images, calibration_batch
-        from edgeyolo.contract import Contract
+        from edgeyolo.contract import Contract, channel_order_for
 
         size = img_size or model.cfg.net.height
-        channel_order = "gray" if model.cfg.net.channels == 1 else "rgb"
+        channel_order = channel_order_for(model.cfg.net.channels)
         probe = calibration_batch(Contract(size, size, channel_order=channel_order), synthetic_images(4, size, size, seed + 1))
         with torch.no_grad():
             h = health(model, probe)

@@ -28,7 +28,7 @@ def test(
     from rich.console import Console
     from rich.table import Table
 
-    from edgeyolo.contract import Contract
+    from edgeyolo.contract import Contract, channel_order_for
     from edgeyolo.data.formats import load_dataset
     from edgeyolo.errors import UsageError
     from edgeyolo.log import track
@@ -45,7 +45,7 @@ def test(
     if dataset.num_classes != model.num_classes:
         raise UsageError(f"{data} has {dataset.num_classes} classes but the model has {model.num_classes}")
     size = img_size or model.cfg.net.height
-    contract = Contract(size, size, channel_order="gray" if model.cfg.net.channels == 1 else "rgb", conf_threshold=conf, iou_threshold=iou, max_detections=100)
+    contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels), conf_threshold=conf, iou_threshold=iou, max_detections=100)
     with make_runner(backend, model, contract, threads) as runner:
         ev = evaluate_runner(runner, contract, dataset, metric, progress=lambda s: track(s, f"test [{backend}]", len(dataset.samples)))
     for issue in ev.issues:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from edgeyolo.contract import Contract
+from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import VerificationError
 from edgeyolo.model.cfg import format_cfg, parse_cfg
 from edgeyolo.model.darknet import Darknet
@@ -27,7 +27,7 @@ def export_darknet(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     size = model.cfg.net.height
-    contract = contract or Contract(size, model.cfg.net.width, channel_order="gray" if model.cfg.net.channels == 1 else "rgb")
+    contract = contract or Contract(size, model.cfg.net.width, channel_order=channel_order_for(model.cfg.net.channels))
     atomic_write_text(out / "contract.json", contract.to_json())
     cfg_path = atomic_write_text(out / "model.cfg", format_cfg(model.cfg))
     weights_path = save_darknet_weights(model, out / "model.weights", header)

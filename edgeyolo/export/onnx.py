@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgeyolo import __version__
-from edgeyolo.contract import Contract
+from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import ExportError, MissingDependencyError, UsageError, VerificationError
 from edgeyolo.model.cfg import format_cfg
 from edgeyolo.model.darknet import Darknet, RawHeads
@@ -77,7 +77,7 @@ def export_onnx(
         raise UsageError(f"--img-size must be a multiple of 32, got {h}x{w}")
     if not model.heads and not raw:
         raise ExportError("the cfg has no [yolo] layer, so there is nothing to decode; export with --raw")
-    contract = contract or Contract(h, w, channel_order="gray" if model.cfg.net.channels == 1 else "rgb")
+    contract = contract or Contract(h, w, channel_order=channel_order_for(model.cfg.net.channels))
     model = model.eval()
     channels = model.cfg.net.channels
     if sample is None:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from edgeyolo.contract import INTERPOLATIONS, Contract, Letterbox
+from edgeyolo.contract import Contract, INTERPOLATIONS, Letterbox, channel_order_for
 from edgeyolo.data.types import DetectionDataset, Sample
 from edgeyolo.errors import UsageError
 from edgeyolo.model.io import read_image
@@ -192,7 +192,7 @@ class _BadFlags:
 
 
 def _contract(size: int, channels: int) -> Contract:
-    return Contract(size, size, channel_order="gray" if channels == 1 else "rgb", pad_value=PAD_VALUE)
+    return Contract(size, size, channel_order=channel_order_for(channels), pad_value=PAD_VALUE)
 
 
 def _check_size(size: int) -> int:

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeyolo.contract import Contract
+from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import EdgeYoloError, UsageError
 from edgeyolo.model.checkpoint import Provenance, load_model, save_checkpoint
 from edgeyolo.model.darknet import Darknet
@@ -430,7 +430,7 @@ class Trainer:
 
         model = (self.ema.ema if self.ema else self.model).eval()
         size = self.config.img_size
-        contract = Contract(size, size, channel_order="gray" if model.cfg.net.channels == 1 else "rgb", conf_threshold=0.001, iou_threshold=0.6)
+        contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels), conf_threshold=0.001, iou_threshold=0.6)
         samples = self.val_set.samples[: self.config.max_val_images] if self.config.max_val_images else self.val_set.samples
         gts, dets = [], []
         for sample in samples:
@@ -480,7 +480,3 @@ class Trainer:
         fig.savefig(buffer, format="png", dpi=90)
         plt.close(fig)
         atomic_write_bytes(self.run_dir / "curves.png", buffer.getvalue())
-
-
-def config_with(config: TrainConfig, **changes) -> TrainConfig:
-    return replace(config, **changes)
