@@ -27,7 +27,11 @@ class StepBench:
         return self.bare_img_per_s / self.trainer_img_per_s
 
 
-def bench_train_step(cfg: str, img_size: int = 160, batch_size: int = 16, images: int = 256, workers: int = 2, threads: int = 0, sparse: bool = False) -> StepBench:
+def bench_train_step(
+    cfg: str, img_size: int = 160, batch_size: int = 16, images: int = 256, workers: int = 2, threads: int = 0, sparse: bool = False, cache: bool = True
+) -> StepBench:
+    """Steady-state trainer throughput (the second of two epochs, so worker start-up, which a run
+    pays once, is left out) against the bare step on one pre-loaded batch."""
     from edgeyolo.data.synth import make_synthetic
     from edgeyolo.model.checkpoint import load_model
     from edgeyolo.model.zoo import resolve_cfg
@@ -39,10 +43,15 @@ def bench_train_step(cfg: str, img_size: int = 160, batch_size: int = 16, images
     with tempfile.TemporaryDirectory() as tmp:
         classes = load_model(cfg_path).num_classes
         data = make_synthetic(Path(tmp) / "synth", classes=classes, train=images, val=4, img_size=img_size, seed=0).data_yaml
-        config = TrainConfig(data=str(data), cfg=cfg_path, img_size=img_size, batch_size=batch_size, epochs=1, workers=workers, out=tmp, name="run", sparse=sparse)
+        config = TrainConfig(
+            data=str(data), cfg=cfg_path, img_size=img_size, batch_size=batch_size, epochs=2, workers=workers, out=tmp, name="run", sparse=sparse, cache=cache
+        )
         trainer = Trainer(config)
         trainer.validate = lambda: None  # time the training loop only
-        record = trainer.train_epoch(0, max(round(64 / batch_size), 1))
+        accumulate = max(round(64 / batch_size), 1)
+        trainer.train_epoch(0, accumulate)
+        record = trainer.train_epoch(1, accumulate)
+        trainer._loader = None  # stop the workers before timing the bare step
 
         model = load_model(cfg_path).train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)

@@ -87,15 +87,16 @@ def train_step(
     images: int = typer.Option(256, "--images", help="Synthetic training images (one epoch)."),
     workers: int = typer.Option(2, "--workers", help="Data loading processes."),
     sparse: bool = typer.Option(False, "-sr", "--sparse", help="Include the sparsity penalty."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Train from the decoded-image cache."),
 ) -> None:
-    """Trainer throughput vs a bare forward+backward on a pre-loaded batch (aim: overhead <= 10 %)."""
+    """Trainer throughput (2nd epoch) vs a bare forward+backward on a pre-loaded batch (aim: overhead <= 10 %)."""
     from rich.console import Console
     from rich.table import Table
 
     from edgeyolo.bench.train_step import bench_train_step
 
-    r = bench_train_step(cfg, img_size, batch_size, images, workers, sparse=sparse)
-    table = Table(title=f"{cfg} @ {img_size}, batch {batch_size}, {images} images")
+    r = bench_train_step(cfg, img_size, batch_size, images, workers, sparse=sparse, cache=cache)
+    table = Table(title=f"{cfg} @ {img_size}, batch {batch_size}, {images} images, {workers} workers, cache {'on' if cache else 'off'}")
     for col in ("bare fwd+bwd img/s", "trainer img/s", "trainer / bare step time"):
         table.add_column(col, justify="right")
     table.add_row(f"{r.bare_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x")

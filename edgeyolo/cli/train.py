@@ -32,6 +32,8 @@ def train(
     s: float = typer.Option(0.001, "--s", help="Sparsity rate (per optimizer step)."),
     prune: int = typer.Option(0, "--prune", help="Prunable set: 0 normal/regular, 1 shortcut/slim, 2 layer."),
     sr_schedule: str = typer.Option("constant", "--sr-schedule", help="constant | step | local | dynamic."),
+    sr_target: float = typer.Option(0.5, "--sr-target", help="dynamic schedule: wanted fraction of prunable γ below 1e-2."),
+    cache: bool = typer.Option(False, "--cache", help="Decode the training images once into a memory-mapped cache."),
     max_val_images: Optional[int] = typer.Option(None, "--max-val-images", help="Validate on the first N images only."),
 ) -> None:
     """Train a darknet-cfg model; each epoch validates, logs one line and checkpoints atomically."""
@@ -78,6 +80,8 @@ def train(
             s=s,
             prune=prune,
             sr_schedule=sr_schedule,
+            sr_target=sr_target,
+            cache=cache,
             max_val_images=max_val_images,
         )
         trainer = Trainer(config, progress=progress, on_epoch=on_epoch)

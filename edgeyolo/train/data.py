@@ -30,8 +30,13 @@ import logging
 import math
 import multiprocessing
 import multiprocessing.context
-from collections.abc import Iterator, Sequence
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -188,6 +193,76 @@ class _BadFlags:
             self.__init__(state["n"], state["flags"])
 
 
+# ------------------------------------------------------------------------------------ image cache
+
+
+class ImageCache:
+    """Every decoded image of a dataset in one flat file, memory-mapped read-only.
+
+    The images are decoded once, in order, straight into the file (never all in Python memory at
+    once); entry ``i`` is a view of the mapped file, so loader workers — spawned or forked — share
+    the same pages through the OS page cache instead of each holding a copy, and pickling the cache
+    to a worker sends only the file name and the offsets. The file lives in ``/dev/shm`` when that
+    has room, else in the temp folder, and is removed when the owning process drops the cache.
+    Entries are the exact decoder output (``None`` for an unreadable image), so cached and
+    uncached samples are bit-identical.
+    """
+
+    def __init__(self, count: int, decode: Callable[[int], np.ndarray | None], size_hint: int = 0) -> None:
+        folder = tempfile.mkdtemp(prefix="edgeyolo-cache-", dir=self._folder(size_hint))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, folder, True)
+        self.path = Path(folder) / "images.u8"
+        self.entries: list[tuple[int, tuple[int, ...]] | None] = []
+        offset = 0
+        try:
+            with open(self.path, "wb") as fh:
+                for i in range(count):
+                    image = decode(i)
+                    if image is None:
+                        self.entries.append(None)
+                        continue
+                    image = np.ascontiguousarray(image, dtype=np.uint8)
+                    fh.write(image.data)
+                    self.entries.append((offset, image.shape))
+                    offset += image.nbytes
+        except OSError as exc:
+            self._finalizer()
+            raise UsageError(f"cannot build the image cache in {folder}: {exc}; train without --cache or free space") from None
+        self.nbytes = offset
+        self._map: np.ndarray | None = None
+
+    @staticmethod
+    def _folder(size_hint: int) -> str | None:
+        shm = "/dev/shm"
+        try:
+            if os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 1.25 * size_hint + 2**26:
+                return shm
+        except OSError:
+            pass
+        return None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> np.ndarray | None:
+        entry = self.entries[index]
+        if entry is None:
+            return None
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if self.nbytes else np.zeros(0, np.uint8)
+        offset, shape = entry
+        return self._map[offset : offset + math.prod(shape)].reshape(shape)
+
+    def __getstate__(self) -> dict:
+        # a copy (a loader worker) reads the owner's file; only the owner removes it
+        return {"path": self.path, "entries": self.entries, "nbytes": self.nbytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path, self.entries, self.nbytes = state["path"], state["entries"], state["nbytes"]
+        self._map = None
+        self._finalizer = None
+
+
 # ------------------------------------------------------------------------------------- dataset
 
 
@@ -211,8 +286,8 @@ class YoloTrainDataset(Dataset):
     i)``: image float32 [C, S, S] in [0, 1] (RGB, or gray when ``channels=1``), targets float32 [n, 5]
     = (class, cx, cy, w, h) normalised by S, in the network input after letterbox and augmentation.
 
-    ``cache=True`` decodes every image once, here, and keeps the original-resolution uint8 pixels in
-    memory (forked loader workers share them), so cached and uncached samples are bit-identical.
+    ``cache=True`` decodes every image once, here, into an :class:`ImageCache` (original-resolution
+    uint8 pixels, shared by all loader workers), so cached and uncached samples are bit-identical.
     """
 
     def __init__(
@@ -239,11 +314,11 @@ class YoloTrainDataset(Dataset):
         self.channels = channels
         self.epoch = 0
         self._bad = _BadFlags(len(self.samples))
-        self._cache: list[np.ndarray | None] | None = None
+        self._cache: ImageCache | None = None
         if cache:
-            self._cache = [self._decode(i) for i in range(len(self.samples))]
-            mib = sum(im.nbytes for im in self._cache if im is not None) / 2**20
-            log.info("cached %d training images in memory (%.1f MiB)", len(self._cache), mib)
+            hint = sum(3 * sample.width * sample.height for sample in self.samples)
+            self._cache = ImageCache(len(self.samples), self._decode, hint)
+            log.info("cached %d training images in %s (%.1f MiB)", len(self._cache), self._cache.path.parent, self._cache.nbytes / 2**20)
 
     # ---------------------------------------------------------------- state the trainer drives
 
@@ -279,9 +354,14 @@ class YoloTrainDataset(Dataset):
         epoch = self.epoch if epoch is None else epoch
         return np.random.default_rng(np.random.SeedSequence([self.seed, epoch, index]))
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``key``: an index, ``(index, size)`` or ``(index, size, epoch)``. Carrying the epoch in the
+        key lets long-lived (persistent) loader workers serve any epoch without being told."""
+        epoch = None
         if isinstance(key, tuple):
             index, size = int(key[0]), _check_size(key[1])
+            if len(key) > 2:
+                epoch = int(key[2])
         else:
             index, size = int(key), self.img_size
         n = len(self.samples)
@@ -289,7 +369,7 @@ class YoloTrainDataset(Dataset):
             index += n
         if not 0 <= index < n:
             raise IndexError(f"sample index {key} out of range for {n} images")
-        image, boxes, classes = self._make(index, size)
+        image, boxes, classes = self._make(index, size, self.epoch if epoch is None else epoch)
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         targets = np.zeros((len(classes), 5), np.float32)
         if len(classes):
@@ -341,8 +421,8 @@ class YoloTrainDataset(Dataset):
             chosen.append(int(rng.integers(n)))
         return tuple(chosen)
 
-    def _make(self, index: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        d = self.draws(index)
+    def _make(self, index: int, size: int, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        d = self.draws(index, epoch)
         if d.mosaic:
             canvas, boxes, area0, classes = self._mosaic(index, d, size)
         else:
@@ -528,8 +608,11 @@ def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]]):
     return images, targets, indices
 
 
-class _FixedBatches(Sampler):
-    """Batches decided up front (the epoch's whole order), so iteration has no randomness of its own."""
+class FixedBatches(Sampler):
+    """Batches decided up front (the epoch's whole order), so iteration has no randomness of its own.
+
+    ``batches`` may be replaced between epochs: a persistent loader re-reads it on each new iterator.
+    """
 
     def __init__(self, batches: list[list]) -> None:
         self.batches = batches
@@ -546,11 +629,22 @@ class _FixedBatches(Sampler):
 WORKER_CONTEXT = "spawn"
 
 
-def _worker_init(worker_id: int) -> None:
+#: scheduling priority drop of loader workers: when the cores are all busy, the training step's
+#: threads run first and the workers fill the gaps (prefetching keeps them ahead), instead of the
+#: step's thread pool stalling on a thread a worker has pushed off its core
+WORKER_NICE = 10
+
+
+def worker_init(worker_id: int) -> None:
     # samples take their randomness from (seed, epoch, index); this only keeps stray global use
-    # deterministic and stops OpenCV threads from oversubscribing the worker processes
+    # deterministic and stops OpenCV / torch threads from oversubscribing the worker processes
     np.random.seed(torch.initial_seed() % 2**32)
     cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    try:
+        os.nice(WORKER_NICE)
+    except OSError:  # not permitted here; priority is an optimisation only
+        pass
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -602,11 +696,11 @@ def make_loader(
     batches = batches[start_batch:]
     return DataLoader(
         ds,
-        batch_sampler=_FixedBatches(batches),
+        batch_sampler=FixedBatches(batches),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=worker_init if workers else None,
         generator=epoch_generator(seed, epoch),
         persistent_workers=False,
         multiprocessing_context=WORKER_CONTEXT if workers else None,

@@ -78,6 +78,8 @@ class TrainConfig:
     s: float = 0.001
     prune: int = 0
     sr_schedule: str = "constant"
+    sr_target: float = 0.5  # dynamic schedule: wanted fraction of prunable |γ| below 1e-2
+    cache: bool = False  # decode the training images once into a shared memory-mapped cache
     loss: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -217,7 +219,10 @@ class Trainer:
             )
         self.model: Darknet = model.to(self.device).train()
         augment = TrainAugment(enabled=config.augment)
-        self.dataset = YoloTrainDataset(self.train_set, config.img_size, augment if config.augment else None, seed=config.seed, channels=model.cfg.net.channels)
+        self.dataset = YoloTrainDataset(
+            self.train_set, config.img_size, augment if config.augment else None, seed=config.seed, cache=config.cache, channels=model.cfg.net.channels
+        )
+        self._loader = None  # one loader for the run: its workers persist across epochs
         self.criterion = YoloLoss(self.model, LossConfig(**config.loss))
         self.optimizer = self._make_optimizer()
         self.ema = ModelEMA(self.model) if config.ema else None
@@ -225,7 +230,7 @@ class Trainer:
         if config.sparse:
             from edgeyolo.train.sparsity import SparsityRegularizer
 
-            self.sparsity = SparsityRegularizer(self.model, config.prune, config.s, config.sr_schedule, config.epochs)
+            self.sparsity = SparsityRegularizer(self.model, config.prune, config.s, config.sr_schedule, config.epochs, target=config.sr_target)
         self.start_epoch = 0
         self.best_fitness = -1.0
         self.history: list[dict] = []
@@ -312,25 +317,38 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def _batches(self, epoch: int):
+        """The epoch's batches from the run's single loader.
+
+        The order is a function of (seed, epoch); each key carries its epoch, so the loader's workers
+        are started once per run (spawning them costs seconds per epoch) and still produce exactly
+        the samples a fresh loader would.
+        """
         from torch.utils.data import DataLoader
 
-        from edgeyolo.train.data import WORKER_CONTEXT, collate
+        from edgeyolo.train.data import WORKER_CONTEXT, FixedBatches, collate, worker_init
 
-        self.dataset.set_epoch(epoch)
         gen = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch, 1))
         order = torch.randperm(len(self.dataset), generator=gen).tolist()
-        per_rank = self.config.batch_size // self.world if self.world > 1 else self.config.batch_size
+        per_rank = max(self.config.batch_size // self.world if self.world > 1 else self.config.batch_size, 1)
         if self.world > 1:
             order = order[self.rank :: self.world]
-        return DataLoader(
-            self.dataset,
-            batch_size=max(per_rank, 1),
-            sampler=order,
-            num_workers=self.config.workers,
-            collate_fn=collate,
-            persistent_workers=False,
-            multiprocessing_context=WORKER_CONTEXT if self.config.workers else None,
-        )
+        size = self.dataset.img_size
+        keys = [(i, size, epoch) for i in order]
+        batches = [keys[i : i + per_rank] for i in range(0, len(keys), per_rank)]
+        if self._loader is None:
+            workers = self.config.workers
+            self._loader = DataLoader(
+                self.dataset,
+                batch_sampler=FixedBatches(batches),
+                num_workers=workers,
+                collate_fn=collate,
+                worker_init_fn=worker_init if workers else None,
+                persistent_workers=workers > 0,
+                multiprocessing_context=WORKER_CONTEXT if workers else None,
+            )
+        else:
+            self._loader.batch_sampler.batches = batches
+        return self._loader
 
     def fit(self) -> list[dict]:
         c = self.config
@@ -350,6 +368,7 @@ class Trainer:
                     plot_gamma_histogram(self.model, self.sparsity.layers, self.run_dir / "gamma.png", f"BN |γ| after epoch {epoch}")
             if self.on_epoch:
                 self.on_epoch(record)
+        self._loader = None  # stops the workers
         return self.history
 
     def train_epoch(self, epoch: int, accumulate: int) -> EpochRecord:

@@ -17,6 +17,7 @@ from edgeyolo.data.types import Annotation, DetectionDataset, Sample
 from edgeyolo.errors import UsageError
 from edgeyolo.train.data import (
     PAD_VALUE,
+    ImageCache,
     TrainAugment,
     YoloTrainDataset,
     collate,
@@ -319,3 +320,31 @@ def test_cache_and_img_size(synth: DetectionDataset) -> None:
     for i in range(4):
         image, targets, _ = gray[i]
         assert image.shape == (1, 128, 128) and float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+
+
+def test_image_cache_is_shared_by_file_and_removed_with_its_owner(tmp_path: Path) -> None:
+    images = [np.random.default_rng(i).integers(0, 256, (5 + i, 7, 3), dtype=np.uint8) for i in range(3)]
+    images[1] = None  # an unreadable image stays unreadable
+    cache = ImageCache(3, lambda i: images[i])
+    assert cache.nbytes == images[0].nbytes + images[2].nbytes and cache.path.exists()
+    copy = pickle.loads(pickle.dumps(cache))  # what a loader worker receives
+    assert len(pickle.dumps(cache)) < 1000  # names and offsets, not pixels
+    for entry in (cache, copy):
+        assert np.array_equal(entry[0], images[0]) and entry[1] is None and np.array_equal(entry[2], images[2])
+    with pytest.raises(ValueError):
+        copy[0][0, 0, 0] = 1  # read-only: augmentation can never corrupt the cache
+    path = cache.path
+    del copy
+    assert path.exists()  # a worker's copy does not remove the owner's file
+    del cache
+    assert not path.exists()
+
+
+def test_epoch_in_the_key_equals_the_dataset_epoch(synth: DetectionDataset) -> None:
+    ds = YoloTrainDataset(synth, 128, TrainAugment(mosaic=0.5, degrees=5))
+    ds.set_epoch(3)
+    current = ds[(2, 128)]
+    ds.set_epoch(0)
+    keyed = ds[(2, 128, 3)]
+    assert torch.equal(current[0], keyed[0]) and torch.equal(current[1], keyed[1])
+    assert not torch.equal(ds[(2, 128, 4)][0], keyed[0])
