@@ -226,6 +226,8 @@ class Trainer:
         self.criterion = YoloLoss(self.model, LossConfig(**config.loss))
         self.optimizer = self._make_optimizer()
         self.ema = ModelEMA(self.model) if config.ema else None
+        # fp16 gradients underflow without loss scaling; the scaler is a no-op when AMP is off
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp)
         self.sparsity = None
         if config.sparse:
             from edgeyolo.train.sparsity import SparsityRegularizer
@@ -280,6 +282,7 @@ class Trainer:
             "best_fitness": self.best_fitness,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "ema": self.ema.ema.state_dict() if self.ema else {},
             "ema_updates": self.ema.updates if self.ema else 0,
             "history": json.dumps(self.history),
@@ -294,6 +297,8 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if self.ema:
             self.ema.ema.load_state_dict(state["ema"])
             self.ema.updates = int(state["ema_updates"])
@@ -407,13 +412,15 @@ class Trainer:
                     f"the loss became {loss.item()} at epoch {epoch} step {step}; the last good checkpoint "
                     f"is kept in {self.run_dir} — lower --lr0, check the labels, or resume from it"
                 )
-            loss.backward()
+            self.scaler.scale(loss).backward()
             totals += parts.cpu()
             seen += images.shape[0]
             if (step + 1) % accumulate == 0 or step + 1 == steps:
+                self.scaler.unscale_(self.optimizer)  # the penalty below is in true-gradient units
                 if self.sparsity:
                     self.sparsity.apply(epoch)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # skipped (and the scale lowered) on inf/NaN gradients
+                self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema:
                     self.ema.update(self.model)

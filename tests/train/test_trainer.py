@@ -135,3 +135,46 @@ def test_sparse_training_refuses_an_empty_prunable_set(synth, tmp_path):
     proc = subprocess.run(CLI + args, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error:") and "finds no prunable BN layer" in proc.stderr
+
+
+def test_sparsity_penalty_is_added_after_amp_unscaling(synth, tmp_path):
+    """--s is in true-gradient units: a loss scale of 1024 must not shrink the penalty (the
+    reference's AMP path divides it by the scale). Runs the trainer's own step on CPU with an
+    enabled GradScaler and a loss that has no gradient, so γ.grad at the step is the penalty alone."""
+    config = TrainConfig(
+        data=str(synth), cfg=str(cfg_path("edgeyolo-res")), img_size=128, batch_size=8, epochs=1, workers=0,
+        out=str(tmp_path), name="amp", threads=1, sparse=True, s=0.01, prune=1,
+    )
+    trainer = Trainer(config)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer.criterion = lambda raw, targets, h, w: (sum(r.sum() for r in raw) * 0.0, torch.zeros(3))
+    trainer.validate = lambda: None
+    bns = [trainer.model.module_list[i].bn for i in trainer.sparsity.layers]
+    seen = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append([bn.weight.grad.clone() for bn in bns])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer.train_epoch(0, accumulate=2)
+    assert seen, "the optimizer never stepped"
+    for grads in seen:
+        for grad, bn in zip(grads, bns):
+            assert torch.allclose(grad, 0.01 * torch.sign(bn.weight.detach()), atol=0, rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP training needs a CUDA device; none here")
+def test_amp_training_on_cuda(synth, tmp_path):
+    config = TrainConfig(
+        data=str(synth), cfg=str(cfg_path("edgeyolo-res")), img_size=128, batch_size=8, epochs=2, workers=0,
+        out=str(tmp_path), name="amp", device="cuda", amp=True, sparse=True, s=0.001, prune=1,
+    )
+    trainer = Trainer(config)
+    history = trainer.fit()
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 1.0
+    assert all(torch.isfinite(torch.tensor([h["loss_box"], h["loss_obj"], h["loss_cls"]])).all() for h in history)
+    assert len(history) == 2 and 0.0 <= history[-1]["map50"] <= 1.0
+    resumed = Trainer.resume(tmp_path / "amp")
+    assert resumed.scaler.get_scale() == trainer.scaler.get_scale()
