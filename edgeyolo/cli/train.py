@@ -86,6 +86,8 @@ def train(
         )
         trainer = Trainer(config, progress=progress, on_epoch=on_epoch)
         typer.echo(f"training into {trainer.run_dir}")
+    if trainer.sparsity:
+        typer.echo(trainer.sparsity.describe())
     trainer.fit()
     typer.echo(f"done: best mAP@0.5 {trainer.best_fitness:.4f}; weights in {trainer.run_dir}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -475,6 +476,18 @@ class SparsityRegularizer:
         self._epoch: int | None = None
         self._factor = 1.0
         self._fraction: float | None = None
+
+    def describe(self) -> str:
+        """One line: the penalised set's size, what was left out and why, and the schedule."""
+        # the kind of each reason, without its layer numbers ("feeds upsample 34" -> "feeds upsample")
+        reasons = Counter(re.split(r"[\d(:]", why)[0].strip() for text in self.prunable.excluded.values() for why in text.split("; "))
+        left_out = ", ".join(f"{why} {n}" for why, n in sorted(reasons.items())) or "none"
+        channels = sum(bn.weight.numel() for _, bn in self._bns)
+        return (
+            f"sparse training: --prune {int(self.mode)} ({self.mode.name.lower()}) penalises {len(self._bns)} BN convs "
+            f"({channels} γ); {len(self.prunable.excluded)} convs left out ({left_out}); "
+            f"schedule {self.schedule.value}, s {self.s:g} per optimizer step"
+        )
 
     # ------------------------------------------------------------------ schedule
 

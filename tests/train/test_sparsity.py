@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -700,3 +701,15 @@ def test_sparse_training_drives_prunable_gammas_to_zero_only(one_thread):
     for i in others:
         a, b = sparse.module_list[i].bn.weight.detach(), dense.module_list[i].bn.weight.detach()
         assert (a - b).abs().max() < 0.01, i
+
+
+def test_describe_names_the_set_size_the_left_out_kinds_and_the_schedule(res_cfg):
+    model = seeded_model(res_cfg)
+    reg = SparsityRegularizer(model, 0, 0.05, "dynamic")
+    line = reg.describe()
+    channels = sum(model.module_list[i].bn.num_features for i in reg.layers)
+    assert f"penalises {len(reg.layers)} BN convs ({channels} γ)" in line
+    assert f"{len(reg.prunable.excluded)} convs left out" in line and "schedule dynamic, s 0.05" in line
+    kinds = line.split("left out (")[1].split("); schedule")[0].split(", ")
+    assert "channels tied by residual sums 6" in kinds
+    assert all(re.fullmatch(r"[^\d]+ \d+", kind) for kind in kinds), kinds  # kinds and counts, no layer numbers

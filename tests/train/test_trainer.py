@@ -126,6 +126,7 @@ def test_sparse_training_logs_gamma_statistics(synth, tmp_path):
     row = next(csv.DictReader((run / "metrics.csv").open()))
     assert float(row["sparsity.s"]) > 0 and 0 <= float(row["sparsity.frac_lt_1e-2"]) <= 1
     assert "γ<1e-2" in proc.stdout
+    assert "sparse training: --prune 1 (shortcut) penalises" in proc.stdout and "schedule dynamic" in proc.stdout
 
 
 def test_sparse_training_refuses_an_empty_prunable_set(synth, tmp_path):
