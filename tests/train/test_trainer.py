@@ -179,3 +179,25 @@ def test_amp_training_on_cuda(synth, tmp_path):
     assert len(history) == 2 and 0.0 <= history[-1]["map50"] <= 1.0
     resumed = Trainer.resume(tmp_path / "amp")
     assert resumed.scaler.get_scale() == trainer.scaler.get_scale()
+
+
+def test_bad_training_data_warns_with_file_and_line_and_the_epoch_completes(synth, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(synth.parent, root)
+    yaml = root / "data.yaml"
+    yaml.write_text(yaml.read_text().replace(str(synth.parent), str(root)))
+    labels = sorted((root / "labels" / "train").glob("*.txt"))
+    images = sorted((root / "images" / "train").glob("*.png"))
+    images[0].unlink()  # missing image
+    (root / "images" / "train" / images[1].name).write_bytes(b"not a png")  # undecodable image
+    labels[2].write_text("0 0.5 0.5 0.2 0.2\n99 0.5 0.5 0.2 0.2\n")  # class out of range on line 2
+    labels[3].write_text("1 0.5 nan 0.2\n")  # invalid line
+    labels[4].write_text("")  # empty: an image without objects
+    args = base_args(yaml, tmp_path / "out", 1)
+    proc = subprocess.run(CLI + args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{labels[2]}:2:" in proc.stderr and "out of range" in proc.stderr
+    assert f"{labels[3]}:1:" in proc.stderr
+    assert images[1].name in proc.stderr  # the unreadable image is named
+    assert (tmp_path / "out" / "run" / "last.safetensors").exists()
