@@ -88,6 +88,16 @@ def train(
         typer.echo(f"training into {trainer.run_dir}")
     if trainer.sparsity:
         typer.echo(trainer.sparsity.describe())
+        reach = trainer.penalty_reach()
+        if reach is not None:
+            typer.echo(f"sparse training: at s {trainer.config.s:g} the penalty alone can move a γ by at most {reach:.2f} over this run")
+            if reach < 1.0:
+                typer.echo(
+                    f"warning: --s {trainer.config.s:g} is too weak for this run to push γ (about 1 after normal training) "
+                    f"below 1e-2: raise --s to about {trainer.config.s * 2.0 / max(reach, 1e-12):.2g} or train for more epochs "
+                    "(README: sparse training)",
+                    err=True,
+                )
     trainer.fit()
     typer.echo(f"done: best mAP@0.5 {trainer.best_fitness:.4f}; weights in {trainer.run_dir}")
 

@@ -376,6 +376,31 @@ class Trainer:
         self._loader = None  # stops the workers
         return self.history
 
+    def penalty_reach(self) -> float | None:
+        """How far the sparsity penalty alone moves a γ over the whole run, at the base rate ``s``.
+
+        This replays the run's optimizer steps (burn-in, cosine LR, the momentum ramp, Nesterov SGD
+        as torch applies it) for a gradient of constant sign and size ``s``; once momentum has built
+        up each step moves ``lr · s / (1 - m)``. It is exact for the penalty alone and an upper bound
+        in training, where the data gradient pushes back on useful channels: a γ near 1 cannot get
+        below 1e-2 unless the reach is well above 1. None for Adam, whose steps do not scale with
+        the gradient.
+        """
+        c = self.config
+        if not self.sparsity or c.optimizer != "sgd":
+            return None
+        per_rank = max(c.batch_size // self.world if self.world > 1 else c.batch_size, 1)
+        steps = math.ceil(math.ceil(len(self.dataset) / self.world) / per_rank)
+        accumulate = max(round(c.nominal_batch / c.batch_size), 1)
+        total, buf = 0.0, None
+        for epoch in range(c.epochs):
+            for step in range(steps):
+                if (step + 1) % accumulate == 0 or step + 1 == steps:
+                    factor, momentum = lr_factor(c, epoch, step, steps)
+                    buf = 1.0 if buf is None else momentum * buf + 1.0
+                    total += c.lr0 * factor * (1.0 + momentum * buf)  # Nesterov: g + m · buf
+        return c.s * total
+
     def train_epoch(self, epoch: int, accumulate: int) -> EpochRecord:
         c = self.config
         start = time.perf_counter()

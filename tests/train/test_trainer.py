@@ -201,3 +201,20 @@ def test_bad_training_data_warns_with_file_and_line_and_the_epoch_completes(synt
     assert f"{labels[3]}:1:" in proc.stderr
     assert images[1].name in proc.stderr  # the unreadable image is named
     assert (tmp_path / "out" / "run" / "last.safetensors").exists()
+
+
+def test_penalty_reach_bounds_the_gamma_movement_of_a_run(synth, tmp_path):
+    config = TrainConfig(
+        data=str(synth), cfg=str(cfg_path("edgeyolo-res")), img_size=64, batch_size=4, epochs=2, workers=0,
+        out=str(tmp_path), name="reach", threads=1, sparse=True, s=0.02, prune=1, burn_in=4, ema=False, nominal_batch=8,
+    )
+    trainer = Trainer(config)
+    trainer.criterion = lambda raw, targets, h, w: (sum(r.sum() for r in raw) * 0.0, torch.zeros(3))  # penalty only
+    trainer.validate = lambda: None
+    bns = [trainer.model.module_list[i].bn for i in trainer.sparsity.layers]
+    before = torch.cat([bn.weight.detach().abs().clone() for bn in bns])
+    assert float(before.min()) > 0.5  # no γ can cross zero on the way
+    reach = trainer.penalty_reach()
+    trainer.fit()
+    moved = before - torch.cat([bn.weight.detach().abs() for bn in bns])
+    assert torch.allclose(moved, torch.full_like(moved, reach), rtol=1e-3, atol=0)  # exact for the penalty alone
