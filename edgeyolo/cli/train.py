@@ -33,6 +33,8 @@ def train(
     prune: int = typer.Option(0, "--prune", help="Prunable set: 0 normal/regular, 1 shortcut/slim, 2 layer."),
     sr_schedule: str = typer.Option("constant", "--sr-schedule", help="constant | step | local | dynamic."),
     sr_target: float = typer.Option(0.5, "--sr-target", help="dynamic schedule: wanted fraction of prunable γ below 1e-2."),
+    sr_penalty: str = typer.Option("l1", "--sr-penalty", help="l1 (Network Slimming) | polar (polarization: splits γ in two groups)."),
+    sr_t: float = typer.Option(1.0, "--sr-t", help="polar: balance t (>1 prunes more, <1 lifts the kept group)."),
     cache: bool = typer.Option(False, "--cache", help="Decode the training images once into a memory-mapped cache."),
     max_val_images: Optional[int] = typer.Option(None, "--max-val-images", help="Validate on the first N images only."),
 ) -> None:
@@ -81,6 +83,8 @@ def train(
             prune=prune,
             sr_schedule=sr_schedule,
             sr_target=sr_target,
+            sr_penalty=sr_penalty,
+            sr_t=sr_t,
             cache=cache,
             max_val_images=max_val_images,
         )

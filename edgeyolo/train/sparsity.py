@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 #: factor applied to ``s`` once a schedule decays (TL's strategy 2 and 3, and ``dynamic`` at target)
 DECAY_FACTOR = 0.01
+#: sparsity penalties (see :class:`SparsityRegularizer`)
+PENALTIES = ("l1", "polar")
 #: |γ| thresholds reported by :func:`gamma_stats`
 STAT_THRESHOLDS = (1e-2, 1e-3)
 STAT_PERCENTILES = (1, 5, 25, 50, 75, 95)
@@ -431,6 +433,19 @@ class SparsityRegularizer:
       only on the weights at the epoch start, so runs (and resumes) are deterministic.
 
     :attr:`current_s` is the rate in force (for ``local``, the rate of the not-relieved channels).
+
+    Penalties (``penalty``):
+
+    * ``l1`` — ``s · Σ|γ|``, the reference's (Network Slimming). It pulls every γ towards zero at the
+      same speed, so a set of γ that start close together (a briefly trained model) shrinks as a
+      block and only separates near zero, after the accuracy has collapsed;
+    * ``polar`` — the polarization regularizer of Zhuang et al. (NeurIPS 2020),
+      ``s · Σ (t·|γ_i| − ||γ_i| − μ|)`` with μ the mean |γ| of the whole prunable set. Its
+      subgradient is ``s · sign(γ) · (t − sign(|γ| − μ))``: γ below the mean are pulled down at
+      ``(t + 1)·s``, those above at ``(t − 1)·s`` (pushed up when ``t < 1``), so the set splits into
+      a group going to zero and a group that keeps its scale instead of all shrinking together.
+      ``t`` (``polar_t``, default 1) sets the balance. The mean's own dependence on each γ is
+      left out of the subgradient (it is ``O(1/N)``).
     """
 
     def __init__(
@@ -449,8 +464,16 @@ class SparsityRegularizer:
         s_min_factor: float = 0.1,
         s_max_factor: float = 2.0,
         prunable: PrunableSet | None = None,
+        penalty: str = "l1",
+        polar_t: float = 1.0,
     ):
         self.schedule = SparsitySchedule.parse(schedule)
+        if penalty not in PENALTIES:
+            raise UsageError(f"unknown sparsity penalty {penalty!r}; expected one of {', '.join(PENALTIES)}")
+        if not (math.isfinite(polar_t) and polar_t > 0):
+            raise UsageError(f"the polarization balance t must be > 0, got {polar_t}")
+        self.penalty = penalty
+        self.polar_t = float(polar_t)
         if not (math.isfinite(float(s)) and float(s) >= 0.0):
             raise UsageError(f"--s (sparse rate) must be a finite number >= 0, got {s}")
         if self.schedule in (SparsitySchedule.STEP, SparsitySchedule.LOCAL) and (epochs is None or int(epochs) <= 0):
@@ -487,6 +510,7 @@ class SparsityRegularizer:
             f"sparse training: --prune {int(self.mode)} ({self.mode.name.lower()}) penalises {len(self._bns)} BN convs "
             f"({channels} γ); {len(self.prunable.excluded)} convs left out ({left_out}); "
             f"schedule {self.schedule.value}, s {self.s:g} per optimizer step"
+            + (f", polarization t {self.polar_t:g}" if self.penalty == "polar" else "")
         )
 
     # ------------------------------------------------------------------ schedule
@@ -566,13 +590,17 @@ class SparsityRegularizer:
             gammas = _abs_gammas(self._bns)
             k = min(int(gammas.numel() * self.local_percentile), gammas.numel() - 1)
             relieve = torch.sort(gammas).values[k]
+        mean = float(_abs_gammas(self._bns).mean()) if self.penalty == "polar" else 0.0
         for _, bn in self._bns:
             weight = bn.weight
             sign = torch.sign(weight.detach())
+            magnitude = weight.detach().abs().float()
+            if self.penalty == "polar":
+                sign = sign * (self.polar_t - torch.sign(magnitude - mean)).to(sign.dtype)
             if relieve is None:
                 step = sign * s
             else:
-                coef = torch.where(weight.detach().abs().float() >= relieve.to(weight.device), s * DECAY_FACTOR, s)
+                coef = torch.where(magnitude >= relieve.to(weight.device), s * DECAY_FACTOR, s)
                 step = sign * coef.to(sign.dtype)
             if weight.grad is None:
                 weight.grad = step

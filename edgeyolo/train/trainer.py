@@ -79,6 +79,8 @@ class TrainConfig:
     prune: int = 0
     sr_schedule: str = "constant"
     sr_target: float = 0.5  # dynamic schedule: wanted fraction of prunable |γ| below 1e-2
+    sr_penalty: str = "l1"  # or "polar" (polarization: splits γ into a zero and a kept group)
+    sr_t: float = 1.0  # polarization balance t
     cache: bool = False  # decode the training images once into a shared memory-mapped cache
     loss: dict = field(default_factory=dict)
 
@@ -232,7 +234,10 @@ class Trainer:
         if config.sparse:
             from edgeyolo.train.sparsity import SparsityRegularizer
 
-            self.sparsity = SparsityRegularizer(self.model, config.prune, config.s, config.sr_schedule, config.epochs, target=config.sr_target)
+            self.sparsity = SparsityRegularizer(
+                self.model, config.prune, config.s, config.sr_schedule, config.epochs,
+                target=config.sr_target, penalty=config.sr_penalty, polar_t=config.sr_t,
+            )
         self.start_epoch = 0
         self.best_fitness = -1.0
         self.history: list[dict] = []

@@ -713,3 +713,52 @@ def test_describe_names_the_set_size_the_left_out_kinds_and_the_schedule(res_cfg
     kinds = line.split("left out (")[1].split("); schedule")[0].split(", ")
     assert "channels tied by residual sums 6" in kinds
     assert all(re.fullmatch(r"[^\d]+ \d+", kind) for kind in kinds), kinds  # kinds and counts, no layer numbers
+
+
+@pytest.mark.parametrize("t", [1.0, 1.3, 0.7])
+def test_polar_penalty_pulls_below_the_mean_harder_than_above(res_cfg, t):
+    model = seeded_model(res_cfg)
+    s = 1e-2
+    reg = SparsityRegularizer(model, 1, s, penalty="polar", polar_t=t)
+    before = fill_grads(model)
+    reg.apply(0)
+    mean = float(torch.cat([model.module_list[i].bn.weight.detach().abs() for i in reg.layers]).mean())
+    checked = 0
+    for i in reg.layers:
+        weight = model.module_list[i].bn.weight
+        added = weight.grad - before[f"module_list.{i}.bn.weight"]
+        g = weight.detach()
+        below, above = (g.abs() < mean) & (g != 0), g.abs() > mean
+        assert torch.allclose(added[below], torch.sign(g[below]) * (t + 1) * s, rtol=0, atol=1e-6)
+        assert torch.allclose(added[above], torch.sign(g[above]) * (t - 1) * s, rtol=0, atol=1e-6)
+        assert not bool(added[g == 0].any())  # an exact zero gets no push
+        checked += int(below.sum() + above.sum())
+    assert checked > 100
+
+
+def test_polar_penalty_splits_a_tight_band_where_l1_shrinks_it_whole(res_cfg):
+    """Penalty alone, plain SGD: l1 moves every γ of a tight band down together; polar sends the
+    lower part to zero and leaves the upper part where it was."""
+    results = {}
+    for penalty in ("l1", "polar"):
+        model = seeded_model(res_cfg)
+        reg = SparsityRegularizer(model, 1, 0.02, penalty=penalty)
+        bns = [model.module_list[i].bn for i in reg.layers]
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for bn in bns:
+                bn.weight.copy_(torch.empty(bn.num_features).uniform_(0.9, 1.0, generator=gen))
+        opt = torch.optim.SGD([bn.weight for bn in bns], lr=0.1)
+        for _ in range(400):
+            opt.zero_grad(set_to_none=True)
+            reg.apply(0)
+            opt.step()
+        g = torch.cat([bn.weight.detach().abs() for bn in bns])
+        results[penalty] = (float((g < 1e-2).float().mean()), float((g > 0.85).float().mean()))
+    assert results["l1"] == (0.0, 0.0), results  # all moved down by 0.8, none reached zero
+    assert results["polar"][0] > 0.3 and results["polar"][1] > 0.3, results  # two groups: near zero, untouched
+
+
+def test_unknown_penalty_is_a_usage_error(res_cfg):
+    with pytest.raises(UsageError, match="unknown sparsity penalty"):
+        SparsityRegularizer(seeded_model(res_cfg), 1, 0.01, penalty="l2")
