@@ -40,12 +40,13 @@ def _root(
 
 
 def _register() -> None:
-    from edgeyolo.cli import bench, data, detect, export, info, synth, test, train
+    from edgeyolo.cli import bench, data, detect, export, info, prune, synth, test, train
 
     info.register(app)
     detect.register(app)
     test.register(app)
     train.register(app)
+    prune.register(app)
     app.add_typer(export.app, name="export")
     app.add_typer(bench.app, name="bench")
     data.app.command("synth")(synth.synth)

@@ -1,0 +1,75 @@
+"""``edgeyolo prune <method>``: channel or layer pruning into a folder of darknet + edgeyolo files."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgeyolo.cli.common import WeightsOpt, load_cli_model
+
+
+def prune(
+    method: str = typer.Argument(..., help="normal | regular | shortcut | slim | group | layer | layer-channel."),
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="darknet .cfg path or zoo name (optional with a .safetensors checkpoint)."),
+    weights: Optional[Path] = WeightsOpt,
+    random_init: bool = typer.Option(False, "--random-init", help="Seeded calibrated random weights instead of --weights."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model.cfg, model.weights, model.safetensors, prune_report.*)."),
+    percent: Optional[str] = typer.Option(
+        None, "--percent", "--global_percent", "--global-percent",
+        help="Fraction of the ranked channels to remove, or 'auto' for the largest safe one (default per method).",
+    ),
+    multiple: int = typer.Option(8, "--multiple", help="regular: kept channel counts are multiples of N."),
+    shortcuts: int = typer.Option(8, "--shortcuts", "--shortcut", help="layer, layer-channel: residual blocks to delete."),
+    layer_keep: float = typer.Option(0.01, "--layer-keep", "--layer_keep", help="Fewest channels a layer keeps, as a fraction of its width."),
+    importance: str = typer.Option("gamma", "--importance", help="Channel score: gamma (BN |γ|) or l1 (filter L1 norm / its layer's mean)."),
+    group_percent: Optional[List[str]] = typer.Option(
+        None, "--group-percent", help="group: NAME=P for one scale group (s8, s16, head-s32 ...); repeat for more."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Select and cut, print the summary, write nothing."),
+) -> None:
+    """Prune a model; nothing is written unless the whole result is valid (percent, shapes, read-back)."""
+    from edgeyolo.compress.prune import PruneConfig, parse_percent
+    from edgeyolo.compress.prune import prune as run_prune
+    from edgeyolo.compress.prune.report import build_report, summary_line
+    from edgeyolo.errors import UsageError
+
+    if out is None and not dry_run:
+        raise UsageError("--out DIR is required (or --dry-run)")
+    groups = []
+    for item in group_percent or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--group-percent takes NAME=P (e.g. s32=0.7), got {item!r}")
+        groups.append((name.strip(), parse_percent(value, f"--group-percent {name.strip()}")))
+    config = PruneConfig(
+        method,
+        percent=None if percent is None else parse_percent(percent),
+        multiple=multiple,
+        shortcuts=shortcuts,
+        layer_keep=layer_keep,
+        importance=importance,
+        group_percents=tuple(groups),
+    )
+    model = load_cli_model(cfg, weights, random_init, seed)
+    result = run_prune(model, config)
+    report = build_report(result)
+    line = summary_line(report)
+    if dry_run:
+        typer.echo(f"{line}; dry run, nothing written")
+        return
+    from edgeyolo.compress.prune.artifacts import write_artifacts
+    from edgeyolo.model.checkpoint import Provenance
+    from edgeyolo.model.io import sha256_file
+
+    source = sha256_file(weights) if weights else f"random-init:seed={seed}"
+    command = "edgeyolo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_artifacts(result, out, Provenance(source, command), report)
+    typer.echo(f"{line}; wrote {out}/model.cfg, model.weights, model.safetensors, prune_report.json, prune_report.md")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prune")(prune)

@@ -1,0 +1,70 @@
+"""``edgeyolo prune``: the files it writes, its flags and aliases, and that a failure writes nothing."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from edgeyolo.cli.app import main
+from edgeyolo.compress.prune import artifacts
+from edgeyolo.errors import VerificationError
+from edgeyolo.model.cfg import parse_cfg
+from edgeyolo.model.checkpoint import load_model
+from tests.conftest import cfg_path
+
+
+def test_writes_a_model_both_formats_agree_on_and_a_report(tmp_path, capsys):
+    out = tmp_path / "slim"
+    args = ["prune", "slim", "--cfg", "edgeyolo-res", "--random-init", "--out", str(out)]
+    assert main(args + ["--global_percent", "0.5", "--layer_keep", "0.05"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(artifacts.FILES)
+    assert [p.name for p in tmp_path.iterdir()] == ["slim"]  # no staging folder left behind
+    darknet = load_model(out / "model.cfg", out / "model.weights")
+    native = load_model(None, out / "model.safetensors")
+    assert all(torch.equal(v, native.state_dict()[k]) for k, v in darknet.state_dict().items() if "num_batches" not in k)
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["config"]["percent"] == 0.5 and report["config"]["layer_keep"] == 0.05
+    channels_before, channels_after = report["totals"]["conv_channels"]
+    flops_before, flops_after = report["totals"]["bflops"]
+    assert channels_after < channels_before and flops_after < flops_before
+    widths = {c.index: c.filters for c in parse_cfg(out / "model.cfg").conv_layers}
+    assert all(widths[row["new_layer"]] == row["filters_after"] for row in report["layers"])
+    assert any(row["status"].startswith("protected: ") for row in report["layers"])
+    assert "| layer | new | filters |" in (out / "prune_report.md").read_text()
+    printed = capsys.readouterr().out
+    assert printed.startswith("prune slim: conv channels") and "wrote" in printed
+
+
+def test_too_high_percent_fails_before_writing(tmp_path, capsys):
+    out = tmp_path / "normal"
+    assert main(["prune", "normal", "--cfg", "edgeyolo-res", "--random-init", "--out", str(out), "--percent", "0.99"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: prune normal: --percent 0.99 would leave layer") and "largest safe percent is" in err
+    assert len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_layer_alias_auto_percent_and_dry_run(tmp_path, capsys):
+    args = ["prune", "layer-channel", "--cfg", "edgeyolo-res", "--random-init", "--shortcut", "1", "--percent", "auto"]
+    assert main(args + ["--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("prune layer-channel: layers 46 → 43") and "dry run, nothing written" in printed
+    assert main(["prune", "layer", "--cfg", str(cfg_path("yolov4-tiny")), "--random-init", "--dry-run"]) == 2
+    assert "no removable residual block" in capsys.readouterr().err
+    assert main(["prune", "regular", "--cfg", "edgeyolo-res", "--random-init"]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
+
+
+def test_a_failed_check_leaves_the_folder_as_it_was(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "model.cfg").write_text("previous run")
+
+    def broken(result, folder):
+        raise VerificationError(f"{folder / 'model.weights'}: simulated read-back mismatch")
+
+    monkeypatch.setattr(artifacts, "_verify_darknet", broken)
+    assert main(["prune", "normal", "--cfg", "edgeyolo-res", "--random-init", "--out", str(out), "--percent", "0.2"]) == 6
+    assert "simulated read-back mismatch" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["model.cfg"] and (out / "model.cfg").read_text() == "previous run"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
