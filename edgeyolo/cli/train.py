@@ -103,7 +103,16 @@ def train(
                     err=True,
                 )
     trainer.fit()
-    typer.echo(f"done: best mAP@0.5 {trainer.best_fitness:.4f}; weights in {trainer.run_dir}")
+    best = trainer.best_record()
+    if best is None:
+        typer.echo(f"done: nothing left to train; weights in {trainer.run_dir}")
+        return
+    sparse = ""
+    if best.get("sparsity"):
+        frac = best["sparsity"].get("frac_lt_1e-2", 0.0)
+        reached = "reached" if frac >= trainer.config.sr_target else "below"
+        sparse = f", γ<1e-2 {frac:.1%} ({reached} the {trainer.config.sr_target:.0%} target)"
+    typer.echo(f"done: best mAP@0.5 {best['map50']:.4f} at epoch {best['epoch']}{sparse}; weights in {trainer.run_dir}")
 
 
 def register(app: typer.Typer) -> None:

@@ -360,6 +360,19 @@ class Trainer:
             self._loader.batch_sampler.batches = batches
         return self._loader
 
+    def fitness(self, record: dict) -> float:
+        """What ``best`` maximises: mAP@0.5; in sparse training, epochs whose fraction of prunable γ
+        below 1e-2 reached ``sr_target`` rank above every epoch that did not (+1), so ``best`` is a
+        checkpoint ready to prune rather than the dense model the run started from."""
+        if not self.sparsity:
+            return float(record["map50"])
+        reached = record.get("sparsity", {}).get("frac_lt_1e-2", 0.0) >= self.config.sr_target
+        return float(record["map50"]) + (1.0 if reached else 0.0)
+
+    def best_record(self) -> dict | None:
+        """The history entry ``best.safetensors`` holds (None before the first epoch)."""
+        return max(self.history, key=self.fitness, default=None)
+
     def fit(self) -> list[dict]:
         c = self.config
         if self.rank == 0:
@@ -369,7 +382,7 @@ class Trainer:
         for epoch in range(self.start_epoch, c.epochs):
             record = self.train_epoch(epoch, accumulate)
             self.history.append(asdict(record))
-            self.save_state(epoch, record.map50)
+            self.save_state(epoch, self.fitness(asdict(record)))
             if self.rank == 0:
                 self._write_metrics()
                 if self.sparsity:

@@ -218,3 +218,19 @@ def test_penalty_reach_bounds_the_gamma_movement_of_a_run(synth, tmp_path):
     trainer.fit()
     moved = before - torch.cat([bn.weight.detach().abs() for bn in bns])
     assert torch.allclose(moved, torch.full_like(moved, reach), rtol=1e-3, atol=0)  # exact for the penalty alone
+
+
+def test_sparse_runs_keep_as_best_the_best_epoch_that_reached_the_target(synth, tmp_path):
+    dense = Trainer(TrainConfig(data=str(synth), cfg=str(cfg_path("edgeyolo-res")), img_size=64, workers=0, out=str(tmp_path), name="d"))
+    sparse = Trainer(TrainConfig(data=str(synth), cfg=str(cfg_path("edgeyolo-res")), img_size=64, workers=0, out=str(tmp_path), name="s", sparse=True, s=0.01, prune=1, sr_target=0.5))
+    history = [
+        {"epoch": 0, "map50": 0.40, "sparsity": {"frac_lt_1e-2": 0.0}},
+        {"epoch": 1, "map50": 0.20, "sparsity": {"frac_lt_1e-2": 0.55}},
+        {"epoch": 2, "map50": 0.30, "sparsity": {"frac_lt_1e-2": 0.52}},
+        {"epoch": 3, "map50": 0.35, "sparsity": {"frac_lt_1e-2": 0.45}},
+    ]
+    dense.history = sparse.history = history
+    assert dense.best_record()["epoch"] == 0
+    assert sparse.best_record()["epoch"] == 2
+    sparse.history = history[:1]
+    assert sparse.best_record()["epoch"] == 0  # none reached it yet: the best so far
