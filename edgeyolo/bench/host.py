@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -67,14 +67,17 @@ def bench_host(
     runners: dict[str, Runner],
     contract: Contract,
     images: Sequence[np.ndarray],
-    gflops: float,
+    gflops: float | Mapping[str, float],
     runs: int = 50,
     warmup: int = 3,
     threads: int = 0,
     pause_s: float = 0.0,
     progress: Callable[[range], range] | None = None,
 ) -> list[BackendResult]:
-    """Time preprocess, inference and postprocess of ``runs`` images per backend."""
+    """Time preprocess, inference and postprocess of ``runs`` images per backend.
+
+    ``gflops``: the model's conv FLOPs, or one value per runner when the runners run different models.
+    """
     times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runners}
     found: dict[str, int] = {name: 0 for name in runners}
     for name, runner in runners.items():  # warm caches, allocators and JITs outside the timing
@@ -110,7 +113,7 @@ def bench_host(
                 infer,
                 StageStats.of(post),
                 StageStats.of(total),
-                gflops / (infer.median_ms / 1000.0),
+                (gflops[name] if isinstance(gflops, Mapping) else gflops) / (infer.median_ms / 1000.0),
                 found[name] / runs,
             )
         )

@@ -101,3 +101,100 @@ def train_step(
         table.add_column(col, justify="right")
     table.add_row(f"{r.bare_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x")
     Console(width=120).print(table)
+
+
+@app.command("prune-speed")
+def prune_speed(
+    cfg: str = typer.Option("yolov4", "--cfg", help="darknet .cfg or zoo name."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (default: calibrated random init)."),
+    methods: Optional[List[str]] = typer.Option(None, "--method", help="Methods to time (repeatable; default all)."),
+    percent: Optional[str] = typer.Option(None, "--percent", help="Percent for every channel method (default: each method's)."),
+    shortcuts: int = typer.Option(8, "--shortcuts", help="layer, layer-channel: residual blocks to delete."),
+    repeats: int = typer.Option(1, "--repeats", help="Runs per method (the median is shown)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Selection + graph surgery wall time per pruning method (model load and init excluded; aim < 5 s)."""
+    import dataclasses
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeyolo.bench.prune import prune_speed as bench_prune_speed
+    from edgeyolo.compress.prune import parse_percent
+
+    model = load_cli_model(cfg, weights, random_init=weights is None)
+    rows = bench_prune_speed(model, methods, None if percent is None else parse_percent(percent), shortcuts, repeats)
+    if as_json:
+        typer.echo(json.dumps({"cfg": cfg, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+        return
+    table = Table(title=f"prune speed: {cfg}, {'median of ' + str(repeats) if repeats > 1 else 'one run'} per method")
+    for col in ("method", "seconds", "stages", "conv channels", "BFLOPs", "note"):
+        table.add_column(col, justify="left" if col in ("method", "note") else "right")
+    for r in rows:
+        if r.error is not None:
+            table.add_row(r.method, "—", "", "", "", r.error)
+            continue
+        change = (r.bflops[1] - r.bflops[0]) / r.bflops[0]
+        table.add_row(
+            r.method,
+            f"{r.seconds:.2f}",
+            str(r.stages),
+            f"{r.conv_channels[0]:,} → {r.conv_channels[1]:,}",
+            f"{r.bflops[0]:.2f} → {r.bflops[1]:.2f} ({change:+.0%})",
+            "" if r.seconds < 5.0 else "over the 5 s aim",
+        )
+    Console(width=140).print(table)
+
+
+@app.command("prune-latency")
+def prune_latency(
+    cfg: str = typer.Option("edgeyolo-res", "--cfg", help="darknet .cfg or zoo name."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (default: calibrated random init)."),
+    img_size: int = typer.Option(256, "--img-size", "--img_size", help="Square input size (multiple of 32)."),
+    percent: float = typer.Option(0.5, "--percent", help="normal's percent; regular's is matched to its FLOPs."),
+    multiple: int = typer.Option(8, "--multiple", help="regular: kept channel counts are multiples of N."),
+    runs: int = typer.Option(50, "--runs", help="Timed runs per model."),
+    threads: int = typer.Option(2, "--threads", help="onnxruntime threads."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """onnxruntime latency of the unpruned model, normal, and regular at the same FLOPs (interleaved)."""
+    import dataclasses
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeyolo.bench.prune import ALIGNMENT
+    from edgeyolo.bench.prune import prune_latency as bench_prune_latency
+    from edgeyolo.errors import UsageError
+    from edgeyolo.log import track
+
+    check_img_size(img_size)
+    if runs <= 0 or threads <= 0:
+        raise UsageError("--runs and --threads must be positive")
+    model = load_cli_model(cfg, weights, random_init=weights is None, img_size=img_size)
+    rows = bench_prune_latency(
+        model, img_size, percent, multiple, threads, runs, progress=lambda r: track(r, "bench prune-latency")
+    )
+    if as_json:
+        payload = [{**dataclasses.asdict(r), "speedup": r.speedup, "exponent": r.exponent} for r in rows]
+        typer.echo(json.dumps({"cfg": cfg, "img_size": img_size, "threads": threads, "rows": payload}, indent=1))
+        return
+    table = Table(title=f"prune latency: {cfg} @ {img_size}, onnxruntime {threads} threads, {runs} interleaved runs")
+    columns = ("model", "percent", "GFLOP (conv)", "FLOPs ×", f"convs not ×{ALIGNMENT}", "infer ms (p50/p90)", "latency ×", "speed-up", "α")
+    for col in columns:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(
+            r.name,
+            "" if r.percent is None else f"{r.percent:.3f}",
+            f"{r.gflops:.3f}",
+            f"{r.flops_ratio:.3f}",
+            str(r.misaligned),
+            f"{r.infer.median_ms:.2f} / {r.infer.p90_ms:.2f}",
+            f"{r.latency_ratio:.3f}",
+            f"{r.speedup:.2f}x",
+            "" if r.exponent is None else f"{r.exponent:.2f}",
+        )
+    console = Console(width=150)
+    console.print(table)
+    console.print("α: latency ∝ FLOPs^α against the unpruned model (1 = latency falls as fast as FLOPs)")

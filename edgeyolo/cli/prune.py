@@ -4,11 +4,16 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from edgeyolo.cli.common import WeightsOpt, load_cli_model
+from edgeyolo.cli.common import ImgSizeOpt, WeightsOpt, check_img_size, load_cli_model
+
+if TYPE_CHECKING:
+    from edgeyolo.compress.prune.report import Accuracy
+    from edgeyolo.data.types import DetectionDataset
+    from edgeyolo.model.darknet import Darknet
 
 
 def prune(
@@ -17,7 +22,7 @@ def prune(
     weights: Optional[Path] = WeightsOpt,
     random_init: bool = typer.Option(False, "--random-init", help="Seeded calibrated random weights instead of --weights."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model.cfg, model.weights, model.safetensors, prune_report.*)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model.cfg, model.weights, model.safetensors, prune_report.*, prune_channels.png)."),
     percent: Optional[str] = typer.Option(
         None, "--percent", "--global_percent", "--global-percent",
         help="Fraction of the ranked channels to remove, or 'auto' for the largest safe one (default per method).",
@@ -30,6 +35,11 @@ def prune(
         None, "--group-percent", help="group: NAME=P for one scale group (s8, s16, head-s32 ...); repeat for more."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Select and cut, print the summary, write nothing."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset for --eval: darknet .data, Ultralytics .yaml, COCO .json or a VOC root."),
+    evaluate: bool = typer.Option(False, "--eval", help="mAP@0.5 and mAP@0.5:0.95 before and after pruning on the --data val split."),
+    img_size: Optional[int] = ImgSizeOpt,
+    backend: str = typer.Option("onnxruntime", "--backend", help="--eval runtime: torch | onnxruntime | opencv."),
+    threads: int = typer.Option(0, "--threads", help="--eval inference threads (0 = backend default)."),
 ) -> None:
     """Prune a model; nothing is written unless the whole result is valid (percent, shapes, read-back)."""
     from edgeyolo.compress.prune import PruneConfig, parse_percent
@@ -39,6 +49,11 @@ def prune(
 
     if out is None and not dry_run:
         raise UsageError("--out DIR is required (or --dry-run)")
+    if evaluate and data is None:
+        raise UsageError("--eval needs --data D, the dataset whose val split is scored")
+    if data is not None and not evaluate:
+        raise UsageError("--data is only read by --eval; add --eval or drop --data")
+    check_img_size(img_size)
     groups = []
     for item in group_percent or []:
         name, sep, value = item.partition("=")
@@ -54,9 +69,17 @@ def prune(
         importance=importance,
         group_percents=tuple(groups),
     )
-    model = load_cli_model(cfg, weights, random_init, seed)
+    model = load_cli_model(cfg, weights, random_init, seed, img_size=img_size)
+    dataset = None
+    if data is not None:
+        from edgeyolo.data.formats import load_dataset
+
+        dataset = load_dataset(data, "val")
     result = run_prune(model, config)
-    report = build_report(result)
+    accuracy = None
+    if dataset is not None:
+        accuracy = _accuracy(str(data), dataset, model, result.model, img_size, backend, threads)
+    report = build_report(result, accuracy)
     line = summary_line(report)
     if dry_run:
         typer.echo(f"{line}; dry run, nothing written")
@@ -67,8 +90,39 @@ def prune(
 
     source = sha256_file(weights) if weights else f"random-init:seed={seed}"
     command = "edgeyolo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    write_artifacts(result, out, Provenance(source, command), report)
-    typer.echo(f"{line}; wrote {out}/model.cfg, model.weights, model.safetensors, prune_report.json, prune_report.md")
+    written = write_artifacts(result, out, Provenance(source, command), report)
+    typer.echo(f"{line}; wrote {out}/" + ", ".join(p.name for p in written))
+
+
+def _accuracy(
+    data: str,
+    dataset: DetectionDataset,
+    model: Darknet,
+    pruned: Darknet,
+    img_size: Optional[int],
+    backend: str,
+    threads: int,
+) -> Accuracy:
+    """Both models scored by ``edgeyolo test``'s own code path, on the same images."""
+    from edgeyolo.compress.prune.report import Accuracy
+    from edgeyolo.log import track
+    from edgeyolo.runtime.evaluate import evaluate_model
+
+    runs = []
+    for when, net in (("before", model), ("after", pruned)):
+        runs.append(
+            evaluate_model(
+                net, dataset, img_size, backend, threads=threads,
+                progress=lambda items: track(items, f"eval {when} pruning [{backend}]", len(dataset.samples)),
+            )
+        )
+    before, after = runs
+    for issue in before.issues:
+        typer.echo(f"warning: {issue}", err=True)
+    return Accuracy(
+        data, "val", backend, before.img_size, before.result.num_images,
+        (before.result.map50, after.result.map50), (before.result.map50_95, after.result.map50_95),
+    )
 
 
 def register(app: typer.Typer) -> None:

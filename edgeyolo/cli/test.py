@@ -28,26 +28,20 @@ def test(
     from rich.console import Console
     from rich.table import Table
 
-    from edgeyolo.contract import Contract, channel_order_for
     from edgeyolo.data.formats import load_dataset
-    from edgeyolo.errors import UsageError
     from edgeyolo.log import track
     from edgeyolo.model.io import atomic_write_text
-    from edgeyolo.runtime.evaluate import evaluate_runner
-    from edgeyolo.runtime.runners import make_runner
-    from edgeyolo.train.metrics import METRICS, coco_detections_json
+    from edgeyolo.runtime.evaluate import evaluate_model
+    from edgeyolo.train.metrics import coco_detections_json
 
     check_img_size(img_size)
-    if metric not in METRICS:
-        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got '{metric}'")
     dataset = load_dataset(data, split)
     model = load_cli_model(cfg, weights, img_size=img_size)
-    if dataset.num_classes != model.num_classes:
-        raise UsageError(f"{data} has {dataset.num_classes} classes but the model has {model.num_classes}")
-    size = img_size or model.cfg.net.height
-    contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels), conf_threshold=conf, iou_threshold=iou, max_detections=100)
-    with make_runner(backend, model, contract, threads) as runner:
-        ev = evaluate_runner(runner, contract, dataset, metric, progress=lambda s: track(s, f"test [{backend}]", len(dataset.samples)))
+    ev = evaluate_model(
+        model, dataset, img_size, backend, metric, conf, iou, threads,
+        progress=lambda s: track(s, f"test [{backend}]", len(dataset.samples)),
+    )
+    size = ev.img_size
     for issue in ev.issues:
         typer.echo(f"warning: {issue}", err=True)
     if save_json:

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from edgeyolo.contract import Contract
+from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.data.types import DetectionDataset, LabelIssue, Sample
+from edgeyolo.errors import UsageError
 from edgeyolo.runtime.base import Runner
-from edgeyolo.train.metrics import EvalResult, evaluate
+from edgeyolo.runtime.runners import make_runner
+from edgeyolo.train.metrics import METRICS, EvalResult, evaluate
+
+if TYPE_CHECKING:
+    from edgeyolo.model.darknet import Darknet
 
 
 @dataclass
@@ -19,6 +24,7 @@ class DatasetEvaluation:
     samples: list[Sample]
     issues: list[LabelIssue] = field(default_factory=list)
     seconds_inference: float = 0.0
+    img_size: int = 0  # the contract's input height
 
 
 def evaluate_runner(
@@ -53,4 +59,28 @@ def evaluate_runner(
         max_det=contract.max_detections,
         category_ids=dataset.category_ids,
     )
-    return DatasetEvaluation(result, detections, samples, issues, seconds)
+    return DatasetEvaluation(result, detections, samples, issues, seconds, contract.height)
+
+
+def evaluate_model(
+    model: Darknet,
+    dataset: DetectionDataset,
+    img_size: int | None = None,
+    backend: str = "onnxruntime",
+    metric: str = "coco",
+    conf: float = 0.001,
+    iou: float = 0.6,
+    threads: int = 0,
+    progress: Callable[[Iterable[Sample]], Iterator[Sample]] | None = None,
+) -> DatasetEvaluation:
+    """``edgeyolo test``'s measurement of a model (its runner, contract and scoring), for every command
+    that reports mAP: the defaults keep the full precision-recall curve (a low score threshold)."""
+    if metric not in METRICS:
+        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got '{metric}'")
+    if dataset.num_classes != model.num_classes:
+        raise UsageError(f"{dataset.source} has {dataset.num_classes} classes but the model has {model.num_classes}")
+    size = img_size or model.cfg.net.height
+    channels = channel_order_for(model.cfg.net.channels)
+    contract = Contract(size, size, channel_order=channels, conf_threshold=conf, iou_threshold=iou, max_detections=100)
+    with make_runner(backend, model, contract, threads) as runner:
+        return evaluate_runner(runner, contract, dataset, metric, progress)

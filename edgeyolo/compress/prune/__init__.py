@@ -5,7 +5,15 @@
 (:mod:`.surgery`); :mod:`.report` explains the result and :mod:`.artifacts` writes it.
 """
 from edgeyolo.compress.prune.importance import Importance
-from edgeyolo.compress.prune.methods import AUTO, METHODS, PruneConfig, PruneResult, parse_percent, prune
+from edgeyolo.compress.prune.methods import (
+    AUTO,
+    METHODS,
+    PruneConfig,
+    PruneResult,
+    applicability,
+    parse_percent,
+    prune,
+)
 from edgeyolo.compress.prune.surgery import Compact, Plan, apply_plan
 
 __all__ = [
@@ -16,6 +24,7 @@ __all__ = [
     "Plan",
     "PruneConfig",
     "PruneResult",
+    "applicability",
     "apply_plan",
     "parse_percent",
     "prune",

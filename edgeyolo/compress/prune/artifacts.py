@@ -1,4 +1,5 @@
-"""The pruned model's folder: ``model.cfg``, ``model.weights``, ``model.safetensors`` and the report.
+"""The pruned model's folder: ``model.cfg``, ``model.weights``, ``model.safetensors``, the report and
+its per-layer channel chart.
 
 All files are written into a hidden staging folder beside ``out_dir`` and checked there (the
 darknet pair must read back bit-exactly into a fresh model) before any is moved into ``out_dir``,
@@ -16,13 +17,20 @@ from pathlib import Path
 import torch
 
 from edgeyolo.compress.prune.methods import PruneResult
-from edgeyolo.compress.prune.report import build_report, report_json, report_markdown
+from edgeyolo.compress.prune.report import build_report, channels_png, report_json, report_markdown
 from edgeyolo.errors import VerificationError
 from edgeyolo.model.cfg import format_cfg
 from edgeyolo.model.checkpoint import Provenance, load_model, save_checkpoint
 from edgeyolo.model.weights import save_darknet_weights
 
-FILES = ("model.cfg", "model.weights", "model.safetensors", "prune_report.json", "prune_report.md")
+FILES = (
+    "model.cfg",
+    "model.weights",
+    "model.safetensors",
+    "prune_report.json",
+    "prune_report.md",
+    "prune_channels.png",
+)
 
 
 def _verify_darknet(result: PruneResult, folder: Path) -> None:
@@ -53,6 +61,7 @@ def write_artifacts(
         save_checkpoint(result.model, staging / "model.safetensors", provenance, extra=extra)
         (staging / "prune_report.json").write_text(report_json(report), encoding="utf-8")
         (staging / "prune_report.md").write_text(report_markdown(report), encoding="utf-8")
+        (staging / "prune_channels.png").write_bytes(channels_png(report))
         _verify_darknet(result, staging)
         out.mkdir(exist_ok=True)
         for name in FILES:

@@ -15,6 +15,9 @@ never disagree. The methods (compression-algorithms.md §2.3–2.8, §2.11):
   percent (``--group-percent NAME=P``);
 * ``layer`` — deletes the ``--shortcuts`` residual blocks whose last conv has the lowest mean score;
 * ``layer-channel`` — ``slim``, then ``layer`` on the slimmed model.
+
+:meth:`PruneMethod.check` refuses a cfg a method cannot prune before any work is done, and
+:func:`applicability` asks every method at once.
 """
 from __future__ import annotations
 
@@ -146,12 +149,25 @@ class PruneMethod(ABC):
     def stages(self, config: PruneConfig) -> list[tuple[Step, PruneConfig]]:
         """The steps to run in order, each with the config it runs under."""
 
+    def check(self, cfg: Cfg, config: PruneConfig) -> None:
+        """Raise UsageError when the method cannot prune ``cfg`` at all, before any work is done.
+
+        Only the cfg and the options decide this; whether a given percent is safe depends on the
+        weights and is :meth:`Step.select`'s to refuse.
+        """
+        for step, stage_config in self.stages(config):
+            step.check_cfg(cfg, stage_config, self.name)
+
 
 class Step(PruneMethod):
     """A method that is a single selection step."""
 
     def stages(self, config: PruneConfig) -> list[tuple[Step, PruneConfig]]:
         return [(self, config)]
+
+    @abstractmethod
+    def check_cfg(self, cfg: Cfg, config: PruneConfig, method: str) -> None:
+        """This step's part of :meth:`check`; errors name ``method``, the method the user asked for."""
 
     @abstractmethod
     def select(self, model: Darknet, config: PruneConfig) -> Selection:
@@ -206,9 +222,11 @@ class ChannelPruner(Step):
     ) -> dict[int, Tensor]:
         return masks
 
-    def select(self, model: Darknet, config: PruneConfig) -> Selection:
-        cfg = model.cfg
-        prunable = _prunable(cfg, self.mode, self.name)
+    def candidates(
+        self, cfg: Cfg, config: PruneConfig, method: str
+    ) -> tuple[list[int], dict[int, str], list[tuple[int, ...]]]:
+        """The convs the ranking sees, the protected convs (with why) and the residual groups."""
+        prunable = _prunable(cfg, self.mode, method)
         protected = dict(prunable.excluded)
         groups = [g for g in prunable.shortcut_groups if all(j in prunable for j in g)]
         widths = {layer.index: layer.filters for layer in cfg.conv_layers}
@@ -219,7 +237,15 @@ class ChannelPruner(Step):
         layers = self.restrict(cfg, [i for i in prunable.layers if i not in protected], protected, config)
         if not layers:
             why = next(iter(protected.values()))
-            raise UsageError(f"prune {self.name}: every prunable conv of {cfg.path} is protected ({why})")
+            raise UsageError(f"prune {method}: every prunable conv of {cfg.path} is protected ({why})")
+        return layers, protected, groups
+
+    def check_cfg(self, cfg: Cfg, config: PruneConfig, method: str) -> None:
+        self.candidates(cfg, config, method)
+
+    def select(self, model: Darknet, config: PruneConfig) -> Selection:
+        cfg = model.cfg
+        layers, protected, groups = self.candidates(cfg, config, self.name)
         scores = channel_scores(model, layers, config.importance)
         skip = self.followers(groups)
         masks: dict[int, Tensor] = {}
@@ -389,6 +415,9 @@ class LayerPruner(Step):
 
     name = "layer"
 
+    def check_cfg(self, cfg: Cfg, config: PruneConfig, method: str) -> None:
+        _prunable(cfg, PruneMode.LAYER, method)
+
     def select(self, model: Darknet, config: PruneConfig) -> Selection:
         cfg = model.cfg
         prunable = _prunable(cfg, PruneMode.LAYER, self.name)
@@ -444,6 +473,7 @@ def prune(model: Darknet, config: PruneConfig) -> PruneResult:
     """Prune ``model`` (left unchanged) as ``config`` says; nothing is written."""
     start = time.perf_counter()
     method = METHODS.get(config.method)()
+    method.check(model.cfg, config)
     stages = []
     current = model
     with torch.no_grad():
@@ -455,3 +485,20 @@ def prune(model: Darknet, config: PruneConfig) -> PruneResult:
     seconds = time.perf_counter() - start
     logger.info("prune %s of %s: %d stage(s) in %.2f s", config.method, model.cfg.path, len(stages), seconds)
     return PruneResult(config, model.cfg, current, tuple(stages), seconds)
+
+
+def applicability(cfg: Cfg) -> dict[str, str | None]:
+    """Per method: None when it can prune ``cfg`` (at its default options), else the UsageError it raises.
+
+    Structural only (no weights needed): a method that applies may still refuse a percent that would
+    empty a layer of a particular model.
+    """
+    answers: dict[str, str | None] = {}
+    for name in METHODS.names():
+        try:
+            METHODS.get(name)().check(cfg, PruneConfig(name))
+        except UsageError as error:
+            answers[name] = str(error)
+        else:
+            answers[name] = None
+    return answers

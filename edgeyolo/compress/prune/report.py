@@ -1,4 +1,5 @@
-"""What a pruning run did, per conv layer and in total, as JSON (for tools) and Markdown (for people).
+"""What a pruning run did, per conv layer and in total, as JSON (for tools), Markdown (for people) and
+a bar chart of the channels per conv layer.
 
 Layer numbers are the original cfg's throughout, with each surviving conv's new number beside it,
 so a row can be traced in both files. Parameters and BFLOPs use ``layer_table``'s darknet-AB
@@ -7,6 +8,7 @@ convention at the cfg's input size, the numbers ``edgeyolo info`` prints.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from dataclasses import dataclass
 
@@ -27,6 +29,19 @@ class LayerRow:
     status: str  # pruned | kept | deleted (...) | protected: why
 
 
+@dataclass(frozen=True)
+class Accuracy:
+    """mAP of the model before and after pruning on one dataset split, measured as ``edgeyolo test`` does."""
+
+    data: str
+    split: str
+    backend: str
+    img_size: int
+    images: int
+    map50: tuple[float, float]
+    map50_95: tuple[float, float]
+
+
 def _stage_origins(result: PruneResult) -> list[dict[int, int]]:
     """For each stage, its input layer → original layer."""
     origins = [{i: i for i in range(len(result.source.layers))}]
@@ -35,7 +50,7 @@ def _stage_origins(result: PruneResult) -> list[dict[int, int]]:
     return origins
 
 
-def build_report(result: PruneResult) -> dict[str, object]:
+def build_report(result: PruneResult, accuracy: Accuracy | None = None) -> dict[str, object]:
     origins = _stage_origins(result)
     final = result.model.cfg
     back = {o: i for i, o in origins[-1].items()}  # original → final
@@ -93,17 +108,24 @@ def build_report(result: PruneResult) -> dict[str, object]:
         "params": [sum(r.params for r in before.values()), sum(r.params for r in after.values())],
         "bflops": [round(sum(r.bflops for r in before.values()), 6), round(sum(r.bflops for r in after.values()), 6)],
     }
-    return {
+    report: dict[str, object] = {
         "method": result.config.method,
         "config": result.config.to_dict(),
         "source_cfg": str(result.source.path),
         "img_size": [result.source.net.height, result.source.net.width],
         "seconds": round(result.seconds, 3),
         "totals": totals,
-        "stages": stages,
-        "protected": {i: why for i, why in sorted(protected.items())},
-        "layers": [dataclasses.asdict(r) for r in rows],
     }
+    if accuracy is not None:
+        report["accuracy"] = dataclasses.asdict(accuracy)
+    report.update(
+        {
+            "stages": stages,
+            "protected": {i: why for i, why in sorted(protected.items())},
+            "layers": [dataclasses.asdict(r) for r in rows],
+        }
+    )
+    return report
 
 
 def report_json(report: dict[str, object]) -> str:
@@ -131,6 +153,16 @@ def report_markdown(report: dict[str, object]) -> str:
         b, a = totals[key]
         shown = "{:,.3f}" if key == "bflops" else "{:,}"
         lines.append(f"| {label} | {shown.format(b)} | {shown.format(a)} | {_change(b, a)} |")
+    accuracy = report.get("accuracy")
+    if accuracy:
+        for key, label in (("map50", "mAP@0.5"), ("map50_95", "mAP@0.5:0.95")):
+            b, a = accuracy[key]
+            lines.append(f"| {label} | {b:.4f} | {a:.4f} | {a - b:+.4f} |")
+        lines += [
+            "",
+            f"mAP measured as `edgeyolo test` does: {accuracy['images']} images of `{accuracy['data']}` "
+            f"({accuracy['split']}) through {accuracy['backend']} at {accuracy['img_size']} px.",
+        ]
     for number, stage in enumerate(report["stages"], start=1):
         lines += ["", f"## Stage {number}: {stage['method']}", ""]
         for name, r in stage["rankings"].items():
@@ -171,5 +203,47 @@ def summary_line(report: dict[str, object]) -> str:
     ]
     if t["layers"][0] != t["layers"][1]:
         parts.insert(0, f"layers {t['layers'][0]} → {t['layers'][1]}")
+    accuracy = report.get("accuracy")
+    if accuracy:
+        (b50, a50), (b, a) = accuracy["map50"], accuracy["map50_95"]
+        parts.append(f"mAP@0.5 {b50:.4f} → {a50:.4f}, mAP@0.5:0.95 {b:.4f} → {a:.4f}")
     return f"prune {report['method']}: " + ", ".join(parts) + f" in {report['seconds']:.2f} s"
 
+
+def channels_png(report: dict[str, object]) -> bytes:
+    """PNG of every conv layer's output channels before (grey) and after (blue) pruning.
+
+    Deleted layers are outlined in red; the figure widens with the layer count so that yolov4's
+    110 convs stay readable.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = report["layers"]
+    x = list(range(len(rows)))
+    before = [r["filters_before"] for r in rows]
+    after = [r["filters_after"] for r in rows]
+    deleted = [r["status"].startswith("deleted") for r in rows]
+    fig = Figure(figsize=(max(8.0, 0.11 * len(rows) + 2), 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(x, before, width=0.85, color="#c8ccd2", label="before")
+    ax.bar(x, after, width=0.85, color="#3b75af", label="after")
+    if any(deleted):
+        gone = [i for i, d in enumerate(deleted) if d]
+        ax.bar(gone, [before[i] for i in gone], width=0.85, fill=False, edgecolor="#c0392b", label="deleted")
+    step = max(1, len(rows) // 40)
+    ax.set_xticks(x[::step], [str(r["layer"]) for r in rows][::step], rotation=90, fontsize=7)
+    ax.set_xlim(-0.8, len(rows) - 0.2)
+    ax.set_xlabel("conv layer (original cfg numbering)")
+    ax.set_ylabel("output channels")
+    channels, bflops = report["totals"]["conv_channels"], report["totals"]["bflops"]
+    ax.set_title(
+        f"prune {report['method']}: conv channels {channels[0]:,} → {channels[1]:,}, "
+        f"BFLOPs {bflops[0]:.3f} → {bflops[1]:.3f} ({_change(bflops[0], bflops[1])})"
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -3,14 +3,22 @@ from __future__ import annotations
 
 import json
 
+import cv2
+import pytest
 import torch
 
 from edgeyolo.cli.app import main
+from edgeyolo.cli.common import load_cli_model
 from edgeyolo.compress.prune import artifacts
+from edgeyolo.contract import Contract
+from edgeyolo.data.synth import make_synthetic
 from edgeyolo.errors import VerificationError
 from edgeyolo.model.cfg import parse_cfg
 from edgeyolo.model.checkpoint import load_model
+from edgeyolo.runtime.runners import make_runner
 from tests.conftest import cfg_path
+
+EVAL_SIZE = 128
 
 
 def test_writes_a_model_both_formats_agree_on_and_a_report(tmp_path, capsys):
@@ -31,6 +39,7 @@ def test_writes_a_model_both_formats_agree_on_and_a_report(tmp_path, capsys):
     assert all(widths[row["new_layer"]] == row["filters_after"] for row in report["layers"])
     assert any(row["status"].startswith("protected: ") for row in report["layers"])
     assert "| layer | new | filters |" in (out / "prune_report.md").read_text()
+    assert (out / "prune_channels.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     printed = capsys.readouterr().out
     assert printed.startswith("prune slim: conv channels") and "wrote" in printed
 
@@ -68,3 +77,51 @@ def test_a_failed_check_leaves_the_folder_as_it_was(tmp_path, monkeypatch, capsy
     assert "simulated read-back mismatch" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["model.cfg"] and (out / "model.cfg").read_text() == "previous run"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+@pytest.fixture(scope="module")
+def self_labelled(tmp_path_factory):
+    """Synthetic val images labelled with the detections of the very model ``--random-init`` builds,
+    so that the unpruned model scores mAP ≈ 1 and any change to it shows."""
+    summary = make_synthetic(tmp_path_factory.mktemp("synth"), classes=12, train=1, val=6, img_size=EVAL_SIZE, seed=1)
+    model = load_cli_model("edgeyolo-res", None, random_init=True, img_size=EVAL_SIZE)
+    contract = Contract(EVAL_SIZE, EVAL_SIZE, conf_threshold=0.25, iou_threshold=0.6)
+    boxes = 0
+    with make_runner("torch", model, contract) as runner:
+        for image in sorted((summary.out / "images" / "val").glob("*.png")):
+            blob, box = contract.preprocess(cv2.imread(str(image)))
+            det = contract.postprocess(runner.infer(blob)[0], box)
+            lines = [
+                f"{int(c)} {(x1 + x2) / 2 / EVAL_SIZE:.8f} {(y1 + y2) / 2 / EVAL_SIZE:.8f} "
+                f"{(x2 - x1) / EVAL_SIZE:.8f} {(y2 - y1) / EVAL_SIZE:.8f}"
+                for x1, y1, x2, y2, _, c in det
+            ]
+            boxes += len(lines)
+            (summary.out / "labels" / "val" / f"{image.stem}.txt").write_text("\n".join(lines) + "\n")
+    assert boxes >= 12
+    return summary.data_yaml
+
+
+def test_eval_scores_the_model_before_and_after(self_labelled, tmp_path, capsys):
+    args = ["prune", "slim", "--cfg", "edgeyolo-res", "--random-init", "--img-size", str(EVAL_SIZE)]
+    args += ["--data", str(self_labelled), "--eval", "--backend", "torch", "--threads", "1"]
+    assert main(args + ["--percent", "0", "--out", str(tmp_path / "same")]) == 0
+    same = json.loads((tmp_path / "same" / "prune_report.json").read_text())["accuracy"]
+    assert same["images"] == 6 and same["img_size"] == EVAL_SIZE and same["backend"] == "torch"
+    assert same["map50"][0] > 0.9 and same["map50"][0] == same["map50"][1]
+    assert same["map50_95"][0] == same["map50_95"][1]
+    assert "mAP@0.5 " in capsys.readouterr().out
+    assert main(args + ["--percent", "0.5", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    before, after = (float(v) for v in printed.split("mAP@0.5 ")[1].split(",")[0].split(" → "))
+    assert before == pytest.approx(same["map50"][0], abs=5e-5) and after < before
+    report = (tmp_path / "same" / "prune_report.md").read_text()
+    assert "| mAP@0.5 |" in report and "| mAP@0.5:0.95 |" in report
+
+
+def test_eval_and_data_go_together(capsys):
+    base = ["prune", "slim", "--cfg", "edgeyolo-res", "--random-init", "--dry-run"]
+    assert main(base + ["--eval"]) == 2
+    assert "--eval needs --data" in capsys.readouterr().err
+    assert main(base + ["--data", "data.yaml"]) == 2
+    assert "--data is only read by --eval" in capsys.readouterr().err

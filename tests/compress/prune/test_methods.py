@@ -7,14 +7,22 @@ import re
 import pytest
 import torch
 
-from edgeyolo.compress.prune import Importance, PruneConfig, apply_plan, prune
-from edgeyolo.compress.prune.methods import scale_groups
+from edgeyolo.compress.prune import METHODS, Importance, PruneConfig, applicability, apply_plan, prune
+from edgeyolo.compress.prune.methods import LayerPruner, SlimPruner, scale_groups
 from edgeyolo.compress.prune.selection import min_keep
 from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import format_cfg, parse_cfg, parse_cfg_text
 from edgeyolo.train.sparsity import prunable_bn
-from tests.compress.prune.helpers import TOLERANCE, heads, images, quick_model, rel_error, zero_removed
-from tests.conftest import cfg_path
+from tests.compress.prune.helpers import (
+    NOT_APPLICABLE,
+    TOLERANCE,
+    heads,
+    images,
+    quick_model,
+    rel_error,
+    zero_removed,
+)
+from tests.conftest import DARKNET_CFGS, OWN_CFGS, cfg_path
 
 SIZE = 128
 CHANNEL_METHODS = ("normal", "regular", "shortcut", "slim", "group")
@@ -36,6 +44,32 @@ def widths(cfg) -> dict[int, int]:
 CASES = [(n, m) for n in ("yolov3-tiny", "yolov4-tiny", "edgeyolo-res", "yolov3") for m in CHANNEL_METHODS] + [
     (n, m) for n in RESIDUAL_CFGS for m in ("layer", "layer-channel")
 ]
+
+
+def test_applicability_matrix():
+    """Every method either applies to each cfg or names, in one line, why not (the README's table)."""
+    for name in DARKNET_CFGS + OWN_CFGS:
+        answers = applicability(parse_cfg(cfg_path(name)))
+        assert list(answers) == METHODS.names()
+        for method, why in answers.items():
+            expected = NOT_APPLICABLE.get((name, method))
+            if expected is None:
+                assert why is None, (name, method, why)
+            else:
+                assert why.startswith(f"prune {method}: ") and expected in why and "\n" not in why
+
+
+@pytest.mark.parametrize("method", ["layer", "layer-channel"])
+def test_a_method_that_does_not_apply_fails_before_any_work(method, monkeypatch):
+    def untouched(self, model, config):
+        raise AssertionError(f"a {self.name} selection ran before {method} was refused")
+
+    for step in (SlimPruner, LayerPruner):
+        monkeypatch.setattr(step, "select", untouched)
+    model = model_of("yolov4-tiny")
+    with pytest.raises(UsageError) as info:
+        prune(model, PruneConfig(method))
+    assert str(info.value) == applicability(model.cfg)[method]
 
 
 @pytest.mark.parametrize("name,method", CASES, ids=[f"{n}-{m}" for n, m in CASES])
@@ -151,12 +185,6 @@ def test_layer_pruning_deletes_the_blocks_with_the_lowest_mean_gamma():
     assert len(result.model.cfg.layers) == len(model.cfg.layers) - 3
     with pytest.raises(UsageError, match="has only 3 removable residual blocks"):
         prune(model, PruneConfig("layer", shortcuts=4))
-
-
-@pytest.mark.parametrize("method", ["layer", "layer-channel"])
-def test_layer_methods_need_residual_blocks(method):
-    with pytest.raises(UsageError, match="no removable residual block"):
-        prune(model_of("yolov4-tiny"), PruneConfig(method))
 
 
 def test_group_pruning_uses_one_percent_per_scale_group():

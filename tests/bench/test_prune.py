@@ -1,0 +1,74 @@
+"""bench prune-speed and prune-latency return sane rows on a small cfg (timings are not asserted)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeyolo.bench import prune as bench_prune
+from edgeyolo.bench.prune import match_regular, prune_latency, prune_speed
+from edgeyolo.cli.app import main
+from edgeyolo.cli.common import load_cli_model
+from edgeyolo.compress.prune import METHODS, PruneConfig, prune
+from edgeyolo.model.cfg import total_bflops
+from tests.conftest import cfg_path
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_cli_model("edgeyolo-res", None, random_init=True, img_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def latency_rows(model):
+    return prune_latency(model, img_size=SIZE, percent=0.5, multiple=8, threads=1, runs=2, warmup=1)
+
+
+def test_speed_rows_cover_every_method_and_name_refusals(model):
+    rows = prune_speed(model, shortcuts=1)
+    assert [r.method for r in rows] == METHODS.names()
+    for r in rows:
+        assert r.error is None and 0 < r.seconds < 60
+        assert r.conv_channels[1] < r.conv_channels[0] and r.bflops[1] < r.bflops[0]
+    assert {r.method: r.stages for r in rows}["layer-channel"] == 2
+    tiny = load_cli_model(str(cfg_path("yolov4-tiny")), None, random_init=True, img_size=SIZE)
+    refused = {r.method: r for r in prune_speed(tiny, methods=["normal", "layer"])}
+    assert refused["normal"].error is None
+    assert refused["layer"].seconds is None and "no removable residual block" in refused["layer"].error
+
+
+def test_regular_is_matched_to_normal_flops(model):
+    target = total_bflops(prune(model, PruneConfig("normal", percent=0.5)).model.cfg, SIZE, conv_only=True)
+    regular = match_regular(model, target, SIZE, 8)
+    assert abs(total_bflops(regular.model.cfg, SIZE, conv_only=True) - target) / target <= bench_prune.MATCH_TOLERANCE
+
+
+def test_latency_rows(latency_rows):
+    unpruned, normal, regular = latency_rows
+    assert [r.name for r in latency_rows] == ["unpruned", "normal", "regular --multiple 8"]
+    assert unpruned.percent is None and unpruned.flops_ratio == 1.0 and unpruned.latency_ratio == 1.0
+    assert unpruned.exponent is None
+    assert normal.percent == 0.5 and 0 < normal.flops_ratio < 0.8
+    assert regular.flops_ratio == pytest.approx(normal.flops_ratio, rel=bench_prune.MATCH_TOLERANCE)
+    assert regular.misaligned == unpruned.misaligned < normal.misaligned  # regular keeps every width a multiple
+    for r in latency_rows:
+        assert 0 < r.infer.median_ms <= r.infer.p90_ms and r.latency_ratio > 0
+
+
+def test_cli_tables(latency_rows, monkeypatch, capsys):
+    assert main(["bench", "prune-speed", "--cfg", "edgeyolo-mobile", "--shortcuts", "1", "--method", "slim"]) == 0
+    printed = capsys.readouterr().out
+    assert "prune speed: edgeyolo-mobile" in printed and "slim" in printed
+    monkeypatch.setattr(bench_prune, "prune_latency", lambda *args, **kwargs: latency_rows)
+    assert main(["bench", "prune-latency", "--img-size", str(SIZE), "--runs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "regular --multiple 8" in printed and "speed-up" in printed
