@@ -192,3 +192,60 @@ def prune_latency(
 
 def _applied_percent(result: PruneResult) -> float:
     return result.stages[0].selection.rankings["all"].percent
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    """One method on a trained model: size and mAP@0.5 before and right after pruning (no fine-tune)."""
+
+    method: str
+    params: tuple[int, int]
+    bflops: tuple[float, float]
+    map50: tuple[float, float]
+    error: str | None = None
+
+    @property
+    def params_cut(self) -> float:
+        return 1.0 - self.params[1] / self.params[0]
+
+
+def _params(model: Darknet) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune_accuracy(
+    model: Darknet,
+    dataset,
+    img_size: int,
+    methods: Sequence[str] | None = None,
+    percent: Percent | None = AUTO,
+    shortcuts: int = 1,
+    backend: str = "onnxruntime",
+    threads: int = 0,
+) -> list[AccuracyRow]:
+    """mAP@0.5 on ``dataset`` (``edgeyolo test``'s evaluation) of ``model`` and of each method's pruned
+    model at ``percent`` (the largest safe one by default), with parameters and BFLOPs at ``img_size``."""
+    from edgeyolo.runtime.evaluate import evaluate_model
+
+    def score(net: Darknet) -> float:
+        return float(evaluate_model(net, dataset, img_size, backend, "coco", threads=threads).result.map50)
+
+    base_params, base_bflops, base_map = _params(model), total_bflops(model.cfg, img_size), score(model)
+    rows = []
+    for name in methods or METHODS.names():
+        channel_percent = None if name == "layer" else percent
+        try:
+            result = prune(model, PruneConfig(name, percent=channel_percent, shortcuts=shortcuts))
+        except UsageError as error:
+            rows.append(AccuracyRow(name, (base_params, base_params), (base_bflops, base_bflops), (base_map, base_map), str(error)))
+            continue
+        pruned = result.model
+        rows.append(
+            AccuracyRow(
+                name,
+                (base_params, _params(pruned)),
+                (base_bflops, total_bflops(pruned.cfg, img_size)),
+                (base_map, score(pruned)),
+            )
+        )
+    return rows

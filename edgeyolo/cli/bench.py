@@ -198,3 +198,47 @@ def prune_latency(
     console = Console(width=150)
     console.print(table)
     console.print("α: latency ∝ FLOPs^α against the unpruned model (1 = latency falls as fast as FLOPs)")
+
+
+@app.command("prune-accuracy")
+def prune_accuracy(
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="darknet .cfg or zoo name (optional with a .safetensors checkpoint)."),
+    weights: Path = typer.Option(..., "--weights", help="A trained (ideally sparse-trained) model."),
+    data: Path = typer.Option(..., "--data", help="Dataset whose val split is scored."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", "--img_size", help="Input size (default: the cfg's)."),
+    methods: Optional[List[str]] = typer.Option(None, "--method", help="Methods (repeatable; default all)."),
+    percent: str = typer.Option("auto", "--percent", help="Percent for the channel methods ('auto' = largest safe)."),
+    shortcuts: int = typer.Option(1, "--shortcuts", help="layer, layer-channel: residual blocks to delete."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Params, BFLOPs and mAP@0.5 before and right after each pruning method (no fine-tune)."""
+    import dataclasses
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeyolo.bench.prune import prune_accuracy as bench_prune_accuracy
+    from edgeyolo.compress.prune import parse_percent
+    from edgeyolo.data.formats import load_dataset
+
+    model = load_cli_model(cfg, weights, img_size=img_size)
+    size = img_size or model.cfg.net.height
+    rows = bench_prune_accuracy(model, load_dataset(data, "val"), size, methods, parse_percent(percent), shortcuts)
+    if as_json:
+        typer.echo(json.dumps({"weights": str(weights), "img_size": size, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+        return
+    table = Table(title=f"prune accuracy: {weights.name} @ {size}, percent {percent}, no fine-tune")
+    for col in ("method", "params", "BFLOPs", "mAP@0.5 before → after", "note"):
+        table.add_column(col, justify="left" if col in ("method", "note") else "right")
+    for r in rows:
+        if r.error is not None:
+            table.add_row(r.method, "", "", "", r.error)
+            continue
+        table.add_row(
+            r.method,
+            f"{r.params[0] / 1e6:.2f}M → {r.params[1] / 1e6:.2f}M (−{r.params_cut:.0%})",
+            f"{r.bflops[0]:.2f} → {r.bflops[1]:.2f}",
+            f"{r.map50[0]:.3f} → {r.map50[1]:.3f} ({100 * (r.map50[1] - r.map50[0]):+.1f} pts)",
+            "",
+        )
+    Console(width=150).print(table)

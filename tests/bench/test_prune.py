@@ -72,3 +72,20 @@ def test_cli_tables(latency_rows, monkeypatch, capsys):
     assert main(["bench", "prune-latency", "--img-size", str(SIZE), "--runs", "2"]) == 0
     printed = capsys.readouterr().out
     assert "regular --multiple 8" in printed and "speed-up" in printed
+
+
+def test_accuracy_rows_score_before_and_after_each_method(tmp_path):
+    from edgeyolo.bench.prune import prune_accuracy
+    from edgeyolo.data.formats import load_dataset
+    from tests.compress.prune.helpers import self_labelled_synth
+
+    size = 128
+    data = load_dataset(self_labelled_synth(tmp_path / "synth", size), "val")
+    model = load_cli_model("edgeyolo-res", None, random_init=True, img_size=size)
+    rows = prune_accuracy(model, data, size, ["normal", "slim", "layer"], percent=0.3, backend="torch", threads=1)
+    assert [r.method for r in rows] == ["normal", "slim", "layer"]
+    for r in rows:
+        assert r.error is None, r.error
+        assert r.map50[0] > 0.9  # the self-labelled set: the unpruned model is near perfect
+        assert 0.0 <= r.map50[1] <= r.map50[0] + 1e-9 and r.params[1] < r.params[0] and r.bflops[1] < r.bflops[0]
+    assert min(r.map50[1] for r in rows) < rows[0].map50[0]  # pruning a random model costs accuracy

@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
+from edgeyolo.cli.common import load_cli_model
 from edgeyolo.compress.prune import Plan
 from edgeyolo.contract import Contract
+from edgeyolo.data.synth import make_synthetic
 from edgeyolo.model.cfg import Cfg, parse_cfg_text, with_input_size
 from edgeyolo.model.darknet import BN_MOMENTUM, Darknet
 from edgeyolo.model.init import calibration_batch, synthetic_images
+from edgeyolo.runtime.runners import make_runner
 
 TOLERANCE = 1e-5  # max|Δ| / max|ref| for outputs that must not change
 #: (cfg, method) pairs where the method does not apply, and what its error says; every other pair applies
@@ -121,3 +126,25 @@ def rel_error(ref: list[np.ndarray], got: list[np.ndarray], margin: int = 0) -> 
             assert r.size > 0, "the interior crop is empty"
         worst = max(worst, float(np.abs(r - g).max() / np.abs(r).max()))
     return worst
+
+
+def self_labelled_synth(out: Path, size: int) -> Path:
+    """A synthetic dataset whose 6 val images are labelled with the detections of the model
+    ``--random-init`` builds for edgeyolo-res, so the unpruned model scores mAP ≈ 1 and any change to
+    it shows. Returns the data.yaml."""
+    summary = make_synthetic(out, classes=12, train=1, val=6, img_size=size, seed=1)
+    model = load_cli_model("edgeyolo-res", None, random_init=True, img_size=size)
+    contract = Contract(size, size, conf_threshold=0.25, iou_threshold=0.6)
+    boxes = 0
+    with make_runner("torch", model, contract) as runner:
+        for image in sorted((summary.out / "images" / "val").glob("*.png")):
+            blob, box = contract.preprocess(cv2.imread(str(image)))
+            det = contract.postprocess(runner.infer(blob)[0], box)
+            lines = [
+                f"{int(c)} {(x1 + x2) / 2 / size:.8f} {(y1 + y2) / 2 / size:.8f} {(x2 - x1) / size:.8f} {(y2 - y1) / size:.8f}"
+                for x1, y1, x2, y2, _, c in det
+            ]
+            boxes += len(lines)
+            (summary.out / "labels" / "val" / f"{image.stem}.txt").write_text("\n".join(lines) + "\n")
+    assert boxes >= 12
+    return summary.data_yaml

@@ -3,19 +3,15 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import pytest
 import torch
 
 from edgeyolo.cli.app import main
-from edgeyolo.cli.common import load_cli_model
 from edgeyolo.compress.prune import artifacts
-from edgeyolo.contract import Contract
-from edgeyolo.data.synth import make_synthetic
 from edgeyolo.errors import VerificationError
 from edgeyolo.model.cfg import parse_cfg
 from edgeyolo.model.checkpoint import load_model
-from edgeyolo.runtime.runners import make_runner
+from tests.compress.prune.helpers import self_labelled_synth
 from tests.conftest import cfg_path
 
 EVAL_SIZE = 128
@@ -81,25 +77,7 @@ def test_a_failed_check_leaves_the_folder_as_it_was(tmp_path, monkeypatch, capsy
 
 @pytest.fixture(scope="module")
 def self_labelled(tmp_path_factory):
-    """Synthetic val images labelled with the detections of the very model ``--random-init`` builds,
-    so that the unpruned model scores mAP ≈ 1 and any change to it shows."""
-    summary = make_synthetic(tmp_path_factory.mktemp("synth"), classes=12, train=1, val=6, img_size=EVAL_SIZE, seed=1)
-    model = load_cli_model("edgeyolo-res", None, random_init=True, img_size=EVAL_SIZE)
-    contract = Contract(EVAL_SIZE, EVAL_SIZE, conf_threshold=0.25, iou_threshold=0.6)
-    boxes = 0
-    with make_runner("torch", model, contract) as runner:
-        for image in sorted((summary.out / "images" / "val").glob("*.png")):
-            blob, box = contract.preprocess(cv2.imread(str(image)))
-            det = contract.postprocess(runner.infer(blob)[0], box)
-            lines = [
-                f"{int(c)} {(x1 + x2) / 2 / EVAL_SIZE:.8f} {(y1 + y2) / 2 / EVAL_SIZE:.8f} "
-                f"{(x2 - x1) / EVAL_SIZE:.8f} {(y2 - y1) / EVAL_SIZE:.8f}"
-                for x1, y1, x2, y2, _, c in det
-            ]
-            boxes += len(lines)
-            (summary.out / "labels" / "val" / f"{image.stem}.txt").write_text("\n".join(lines) + "\n")
-    assert boxes >= 12
-    return summary.data_yaml
+    return self_labelled_synth(tmp_path_factory.mktemp("synth"), EVAL_SIZE)
 
 
 def test_eval_scores_the_model_before_and_after(self_labelled, tmp_path, capsys):
