@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 from edgeyolo.bench.host import StageStats, bench_host
@@ -196,13 +198,16 @@ def _applied_percent(result: PruneResult) -> float:
 
 @dataclass(frozen=True)
 class AccuracyRow:
-    """One method on a trained model: size and mAP@0.5 before and right after pruning (no fine-tune)."""
+    """One method on a trained model: size, and mAP@0.5 before, right after pruning and (when asked
+    for) after a short fine-tune of the pruned model."""
 
     method: str
     params: tuple[int, int]
     bflops: tuple[float, float]
     map50: tuple[float, float]
     error: str | None = None
+    map50_finetuned: float | None = None
+    finetune_seconds: float | None = None
 
     @property
     def params_cut(self) -> float:
@@ -211,6 +216,39 @@ class AccuracyRow:
 
 def _params(model: Darknet) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """A short fine-tune of each pruned model on ``data`` (a dataset file ``edgeyolo train`` reads)."""
+
+    data: str
+    epochs: int = 2
+    lr0: float = 0.002  # a pruned model starts close to its optimum: no large steps
+    burn_in: int = 20
+    batch_size: int = 16
+    workers: int = 2
+
+
+def _finetune(model: Darknet, tune: FineTune, img_size: int, folder: Path) -> tuple[Darknet, float]:
+    """Train a copy of ``model`` for ``tune.epochs``; returns the EMA model and the wall time."""
+    from edgeyolo.model.cfg import format_cfg
+    from edgeyolo.model.checkpoint import save_checkpoint
+    from edgeyolo.model.io import atomic_write_text
+    from edgeyolo.train.trainer import TrainConfig, Trainer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg_file = atomic_write_text(folder / "model.cfg", format_cfg(model.cfg))
+    weights = save_checkpoint(model, folder / "model.safetensors")
+    config = TrainConfig(
+        data=tune.data, cfg=str(cfg_file), weights=str(weights), img_size=img_size, batch_size=tune.batch_size,
+        epochs=tune.epochs, workers=tune.workers, out=str(folder), name="finetune", lr0=tune.lr0, burn_in=tune.burn_in,
+    )
+    start = time.perf_counter()
+    trainer = Trainer(config)
+    trainer.validate = lambda: None  # scored once, below, like every other column
+    trainer.fit()
+    return (trainer.ema.ema if trainer.ema else trainer.model).eval(), time.perf_counter() - start
 
 
 def prune_accuracy(
@@ -222,9 +260,13 @@ def prune_accuracy(
     shortcuts: int = 1,
     backend: str = "onnxruntime",
     threads: int = 0,
+    finetune: FineTune | None = None,
 ) -> list[AccuracyRow]:
     """mAP@0.5 on ``dataset`` (``edgeyolo test``'s evaluation) of ``model`` and of each method's pruned
-    model at ``percent`` (the largest safe one by default), with parameters and BFLOPs at ``img_size``."""
+    model at ``percent`` (the largest safe one by default), with parameters and BFLOPs at ``img_size``;
+    with ``finetune``, also after that short fine-tune of each pruned model."""
+    import tempfile
+
     from edgeyolo.runtime.evaluate import evaluate_model
 
     def score(net: Darknet) -> float:
@@ -240,12 +282,19 @@ def prune_accuracy(
             rows.append(AccuracyRow(name, (base_params, base_params), (base_bflops, base_bflops), (base_map, base_map), str(error)))
             continue
         pruned = result.model
+        tuned, seconds = None, None
+        if finetune is not None:
+            with tempfile.TemporaryDirectory(prefix="edgeyolo-finetune-") as tmp:
+                trained, seconds = _finetune(pruned, finetune, img_size, Path(tmp))
+                tuned = score(trained)
         rows.append(
             AccuracyRow(
                 name,
                 (base_params, _params(pruned)),
                 (base_bflops, total_bflops(pruned.cfg, img_size)),
                 (base_map, score(pruned)),
+                map50_finetuned=tuned,
+                finetune_seconds=seconds,
             )
         )
     return rows

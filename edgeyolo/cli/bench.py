@@ -209,36 +209,41 @@ def prune_accuracy(
     methods: Optional[List[str]] = typer.Option(None, "--method", help="Methods (repeatable; default all)."),
     percent: str = typer.Option("auto", "--percent", help="Percent for the channel methods ('auto' = largest safe)."),
     shortcuts: int = typer.Option(1, "--shortcuts", help="layer, layer-channel: residual blocks to delete."),
+    finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Also fine-tune each pruned model this many epochs on --data's train split."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Params, BFLOPs and mAP@0.5 before and right after each pruning method (no fine-tune)."""
+    """Params, BFLOPs and mAP@0.5 before, right after each pruning method, and after a short fine-tune."""
     import dataclasses
 
     from rich.console import Console
     from rich.table import Table
 
+    from edgeyolo.bench.prune import FineTune
     from edgeyolo.bench.prune import prune_accuracy as bench_prune_accuracy
     from edgeyolo.compress.prune import parse_percent
     from edgeyolo.data.formats import load_dataset
 
     model = load_cli_model(cfg, weights, img_size=img_size)
     size = img_size or model.cfg.net.height
-    rows = bench_prune_accuracy(model, load_dataset(data, "val"), size, methods, parse_percent(percent), shortcuts)
+    tune = FineTune(str(data), finetune_epochs) if finetune_epochs > 0 else None
+    rows = bench_prune_accuracy(model, load_dataset(data, "val"), size, methods, parse_percent(percent), shortcuts, finetune=tune)
     if as_json:
         typer.echo(json.dumps({"weights": str(weights), "img_size": size, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
         return
-    table = Table(title=f"prune accuracy: {weights.name} @ {size}, percent {percent}, no fine-tune")
-    for col in ("method", "params", "BFLOPs", "mAP@0.5 before → after", "note"):
+    tuned = f"fine-tune {finetune_epochs} epochs" if finetune_epochs > 0 else "no fine-tune"
+    table = Table(title=f"prune accuracy: {weights.name} @ {size}, percent {percent}, {tuned}")
+    for col in ("method", "params", "BFLOPs", "mAP@0.5 before → after", "after fine-tune", "note"):
         table.add_column(col, justify="left" if col in ("method", "note") else "right")
     for r in rows:
         if r.error is not None:
-            table.add_row(r.method, "", "", "", r.error)
+            table.add_row(r.method, "", "", "", "", r.error)
             continue
         table.add_row(
             r.method,
             f"{r.params[0] / 1e6:.2f}M → {r.params[1] / 1e6:.2f}M (−{r.params_cut:.0%})",
             f"{r.bflops[0]:.2f} → {r.bflops[1]:.2f}",
             f"{r.map50[0]:.3f} → {r.map50[1]:.3f} ({100 * (r.map50[1] - r.map50[0]):+.1f} pts)",
+            "" if r.map50_finetuned is None else f"{r.map50_finetuned:.3f} ({100 * (r.map50_finetuned - r.map50[0]):+.1f} pts, {r.finetune_seconds:.0f} s)",
             "",
         )
     Console(width=150).print(table)
