@@ -232,3 +232,39 @@ def test_bad_configs_are_usage_errors(kwargs, match):
 def test_min_keep_is_a_ceiling_and_at_least_one():
     assert [min_keep(w, 0.01) for w in (1, 16, 100, 256)] == [1, 1, 1, 3]
     assert min_keep(10, 0.0) == 1 and min_keep(10, 1.0) == 10 and min_keep(30, 0.1) == math.ceil(3.0)
+
+
+def test_regular_cuts_flops_within_a_rounding_bound_of_normal():
+    import dataclasses
+
+    from edgeyolo.model.cfg import ConvSpec, total_bflops
+
+    model = model_of("edgeyolo-res")
+    size, multiple = 128, 8
+    normal = prune(model, PruneConfig("normal", percent=0.5))
+    regular = prune(model, PruneConfig("regular", percent=0.5, multiple=multiple))
+    protected = regular.stages[0].selection.protected
+    before, after = widths(model.cfg), widths(normal.model.cfg)
+    # the most regular can keep: normal's count rounded up by a whole multiple, or all of a protected layer
+    bound_layers = [
+        dataclasses.replace(layer, filters=before[layer.index] if layer.index in protected else min(before[layer.index], after[layer.index] + multiple - 1))
+        if isinstance(layer, ConvSpec) else layer
+        for layer in model.cfg.layers
+    ]
+    bound = total_bflops(dataclasses.replace(model.cfg, layers=tuple(bound_layers)), size)
+    full, cut_normal, cut_regular = (total_bflops(m.cfg, size) for m in (model, normal.model, regular.model))
+    assert cut_normal <= cut_regular <= bound < full  # regular never "prunes nothing"
+    assert cut_regular < 0.9 * full
+
+
+def test_a_group_percent_changes_only_its_group():
+    model = model_of("edgeyolo-res")
+    groups = scale_groups(model.cfg, list(prunable_bn(model.cfg, 1).layers))
+    base = prune(model, PruneConfig("group", percent=0.4))
+    moved = prune(model, PruneConfig("group", percent=0.4, group_percents=(("s16", 0.7),)))
+    thresholds = {name: r.threshold for name, r in base.stages[0].selection.rankings.items()}
+    assert len(set(thresholds.values())) > 1  # each group has its own threshold
+    b, m = widths(base.model.cfg), widths(moved.model.cfg)
+    assert sum(m[i] for i in groups["s16"]) < sum(b[i] for i in groups["s16"])
+    others = [i for name, layers in groups.items() if name != "s16" for i in layers]
+    assert others and all(m[i] == b[i] for i in others)
