@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Sequence, Union
 
-from edgeyolo.errors import CfgError, InputFileError, UnsupportedLayerError
+from edgeyolo.errors import CfgError, InputFileError, UnsupportedLayerError, UsageError
 
 ACTIVATIONS = ("leaky", "mish", "linear", "relu", "logistic", "swish")
 
@@ -660,6 +660,19 @@ def write_cfg(cfg: Cfg, path: str | Path) -> Path:
     from edgeyolo.model.io import atomic_write_text
 
     return atomic_write_text(Path(path), format_cfg(cfg))
+
+
+def with_classes(cfg: Cfg, classes: int) -> Cfg:
+    """``cfg`` for ``classes`` classes: every ``[yolo]`` layer's ``classes=`` and the ``filters=`` of the
+    conv feeding it (anchors per layer × (5 + classes)); nothing else depends on the class count."""
+    if classes < 1:
+        raise UsageError(f"a detector needs at least one class, got {classes}")
+    for yolo in cfg.yolo_layers:
+        cfg = cfg.replace_layer(dataclasses.replace(yolo, classes=classes))
+        head = cfg.layers[yolo.index - 1]
+        if isinstance(head, ConvSpec):
+            cfg = cfg.replace_layer(dataclasses.replace(head, filters=len(yolo.mask) * (classes + 5)))
+    return cfg
 
 
 def with_input_size(cfg: Cfg, height: int, width: int | None = None) -> Cfg:

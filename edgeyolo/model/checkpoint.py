@@ -169,22 +169,15 @@ def _darknet_source_model(model: Darknet, path: Path) -> Darknet:
     Only the heads depend on the class count, and the file size is linear in it, so it can be solved
     for exactly; a fine-tune from COCO (80 classes) onto a 12-class cfg then loads every other layer.
     """
-    import dataclasses
-
     from edgeyolo.model.cfg import ConvSpec
+    from edgeyolo.model.cfg import with_classes as cfg_with_classes
     from edgeyolo.model.weights import expected_bytes, read_header
 
     size = path.stat().st_size
     header = read_header(path.read_bytes()[:20], str(path))
 
     def with_classes(classes: int) -> Darknet:
-        cfg = model.cfg
-        for yolo in cfg.yolo_layers:
-            head = cfg.layers[yolo.index - 1]
-            cfg = cfg.replace_layer(dataclasses.replace(yolo, classes=classes))
-            if isinstance(head, ConvSpec):
-                cfg = cfg.replace_layer(dataclasses.replace(head, filters=len(yolo.mask) * (classes + 5)))
-        return Darknet(cfg)
+        return Darknet(cfg_with_classes(model.cfg, classes))
 
     if not model.cfg.yolo_layers or not isinstance(model.cfg.layers[model.cfg.yolo_indices[0] - 1], ConvSpec):
         return model

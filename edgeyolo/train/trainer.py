@@ -29,6 +29,7 @@ from torch import nn
 from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import EdgeYoloError, UsageError
 from edgeyolo.model.checkpoint import Provenance, load_model, save_checkpoint
+from edgeyolo.model.cfg import with_classes
 from edgeyolo.model.darknet import Darknet
 from edgeyolo.model.io import atomic_write_bytes, atomic_write_text
 from edgeyolo.train.loss import LossConfig, YoloLoss
@@ -208,6 +209,15 @@ class Trainer:
             model = load_model(config.cfg, config.weights, cutoff=config.cutoff, partial=config.cutoff is not None)
         else:
             model = load_model(config.cfg)
+            classes = self.train_set.num_classes
+            if model.num_classes != classes and model.cfg.yolo_layers:
+                # a cfg made for another dataset (yolov3-tiny's 80 COCO classes): only the heads change
+                log.warning(
+                    "%s has %d classes and %s has %d: training with classes=%d (the convs before the [yolo] layers "
+                    "get %s filters)", config.cfg, model.num_classes, config.data, classes, classes,
+                    "/".join(str(len(y.mask) * (classes + 5)) for y in model.cfg.yolo_layers),
+                )
+                model = Darknet(with_classes(model.cfg, classes))
         if config.weights and config.pretrained:
             from edgeyolo.model.checkpoint import load_pretrained
 
@@ -217,7 +227,7 @@ class Trainer:
         if model.num_classes != self.train_set.num_classes:
             raise UsageError(
                 f"the cfg has {model.num_classes} classes but {config.data} has {self.train_set.num_classes}; "
-                "edit classes= and the filters= before each [yolo] (or use a cfg made for this dataset)"
+                "these weights load strictly into that cfg; add -pt to load what fits into a cfg with the dataset's classes"
             )
         self.model: Darknet = model.to(self.device).train()
         augment = TrainAugment(enabled=config.augment)

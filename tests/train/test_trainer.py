@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from edgeyolo.data.synth import make_synthetic
+from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import parse_cfg_text
 from edgeyolo.model.checkpoint import load_pretrained
 from edgeyolo.model.darknet import Darknet
@@ -234,3 +235,22 @@ def test_sparse_runs_keep_as_best_the_best_epoch_that_reached_the_target(synth, 
     assert sparse.best_record()["epoch"] == 2
     sparse.history = history[:1]
     assert sparse.best_record()["epoch"] == 0  # none reached it yet: the best so far
+
+
+def test_a_cfg_for_other_classes_is_adapted_to_the_dataset_and_pt_loads_the_rest(synth, tmp_path, tiny_weights, caplog):
+    config = TrainConfig(
+        data=str(synth), cfg=str(cfg_path("yolov3-tiny")), weights=str(tiny_weights), pretrained=True, img_size=64,
+        epochs=1, workers=0, out=str(tmp_path), name="tiny",
+    )
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(config)
+    assert trainer.model.num_classes == 12 and "training with classes=12" in caplog.text
+    assert [trainer.model.cfg.layers[y.index - 1].filters for y in trainer.model.cfg.yolo_layers] == [51, 51]
+    fresh = Darknet(trainer.model.cfg)  # every layer but the two heads came from the COCO file
+    assert load_pretrained(fresh, tiny_weights) == [
+        "module_list.15.conv.bias", "module_list.15.conv.weight", "module_list.22.conv.bias", "module_list.22.conv.weight"
+    ]
+    assert torch.equal(fresh.module_list[0].conv.weight, trainer.model.module_list[0].conv.weight)
+    strict = TrainConfig(data=str(synth), cfg=str(cfg_path("yolov3-tiny")), weights=str(tiny_weights), img_size=64, epochs=1, workers=0, out=str(tmp_path))
+    with pytest.raises(UsageError, match="add -pt"):
+        Trainer(strict)
