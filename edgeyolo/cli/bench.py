@@ -12,6 +12,16 @@ from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, darknet_file
 app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 
 
+def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...] = ()):
+    """A rich table whose columns are right-aligned numbers except the ``left`` (text) ones."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="left" if col in left else "right")
+    return table
+
+
 @app.command("host")
 def host(
     cfg: str = CfgOpt,
@@ -25,7 +35,6 @@ def host(
 ) -> None:
     """Pre + inference + post latency (median, p90) per backend on the same images, threads pinned."""
     from rich.console import Console
-    from rich.table import Table
 
     from edgeyolo.bench.host import bench_host, gemm_gflops
     from edgeyolo.contract import Contract, channel_order_for
@@ -59,9 +68,10 @@ def host(
         payload = {"cfg": cfg, "img_size": size, "gflops": gflops, "gemm_gflops_per_s": ceiling, "results": [r.to_dict() for r in results]}
         typer.echo(json.dumps(payload, indent=1))
         return
-    table = Table(title=f"{cfg} @ {size}, {threads} threads, {runs} runs, {gflops:.2f} GFLOP (conv)")
-    for col in ("backend", "pre ms", "infer ms (p50/p90)", "post ms", "total ms (p50/p90)", "GFLOP/s", "% GEMM", "vs slowest"):
-        table.add_column(col, justify="right")
+    table = _table(
+        f"{cfg} @ {size}, {threads} threads, {runs} runs, {gflops:.2f} GFLOP (conv)",
+        ("backend", "pre ms", "infer ms (p50/p90)", "post ms", "total ms (p50/p90)", "GFLOP/s", "% GEMM", "vs slowest"),
+    )
     slowest = max(r.total.median_ms for r in results)
     for r in results:
         table.add_row(
@@ -91,14 +101,14 @@ def train_step(
 ) -> None:
     """Trainer throughput (2nd epoch) vs a bare forward+backward on a pre-loaded batch (aim: overhead <= 10 %)."""
     from rich.console import Console
-    from rich.table import Table
 
     from edgeyolo.bench.train_step import bench_train_step
 
     r = bench_train_step(cfg, img_size, batch_size, images, workers, sparse=sparse, cache=cache)
-    table = Table(title=f"{cfg} @ {img_size}, batch {batch_size}, {images} images, {workers} workers, cache {'on' if cache else 'off'}")
-    for col in ("bare fwd+bwd img/s", "trainer img/s", "trainer / bare step time"):
-        table.add_column(col, justify="right")
+    table = _table(
+        f"{cfg} @ {img_size}, batch {batch_size}, {images} images, {workers} workers, cache {'on' if cache else 'off'}",
+        ("bare fwd+bwd img/s", "trainer img/s", "trainer / bare step time"),
+    )
     table.add_row(f"{r.bare_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x")
     Console(width=120).print(table)
 
@@ -117,7 +127,6 @@ def prune_speed(
     import dataclasses
 
     from rich.console import Console
-    from rich.table import Table
 
     from edgeyolo.bench.prune import prune_speed as bench_prune_speed
     from edgeyolo.compress.prune import parse_percent
@@ -127,9 +136,11 @@ def prune_speed(
     if as_json:
         typer.echo(json.dumps({"cfg": cfg, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
         return
-    table = Table(title=f"prune speed: {cfg}, {'median of ' + str(repeats) if repeats > 1 else 'one run'} per method")
-    for col in ("method", "seconds", "stages", "conv channels", "BFLOPs", "note"):
-        table.add_column(col, justify="left" if col in ("method", "note") else "right")
+    table = _table(
+        f"prune speed: {cfg}, {'median of ' + str(repeats) if repeats > 1 else 'one run'} per method",
+        ("method", "seconds", "stages", "conv channels", "BFLOPs", "note"),
+        left=("method", "note"),
+    )
     for r in rows:
         if r.error is not None:
             table.add_row(r.method, "—", "", "", "", r.error)
@@ -161,7 +172,6 @@ def prune_latency(
     import dataclasses
 
     from rich.console import Console
-    from rich.table import Table
 
     from edgeyolo.bench.prune import ALIGNMENT
     from edgeyolo.bench.prune import prune_latency as bench_prune_latency
@@ -179,10 +189,11 @@ def prune_latency(
         payload = [{**dataclasses.asdict(r), "speedup": r.speedup, "exponent": r.exponent} for r in rows]
         typer.echo(json.dumps({"cfg": cfg, "img_size": img_size, "threads": threads, "rows": payload}, indent=1))
         return
-    table = Table(title=f"prune latency: {cfg} @ {img_size}, onnxruntime {threads} threads, {runs} interleaved runs")
-    columns = ("model", "percent", "GFLOP (conv)", "FLOPs ×", f"convs not ×{ALIGNMENT}", "infer ms (p50/p90)", "latency ×", "speed-up", "α")
-    for col in columns:
-        table.add_column(col, justify="left" if col == "model" else "right")
+    table = _table(
+        f"prune latency: {cfg} @ {img_size}, onnxruntime {threads} threads, {runs} interleaved runs",
+        ("model", "percent", "GFLOP (conv)", "FLOPs ×", f"convs not ×{ALIGNMENT}", "infer ms (p50/p90)", "latency ×", "speed-up", "α"),
+        left=("model",),
+    )
     for r in rows:
         table.add_row(
             r.name,
@@ -216,7 +227,6 @@ def prune_accuracy(
     import dataclasses
 
     from rich.console import Console
-    from rich.table import Table
 
     from edgeyolo.bench.prune import FineTune
     from edgeyolo.bench.prune import prune_accuracy as bench_prune_accuracy
@@ -231,9 +241,11 @@ def prune_accuracy(
         typer.echo(json.dumps({"weights": str(weights), "img_size": size, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
         return
     tuned = f"fine-tune {finetune_epochs} epochs" if finetune_epochs > 0 else "no fine-tune"
-    table = Table(title=f"prune accuracy: {weights.name} @ {size}, percent {percent}, {tuned}")
-    for col in ("method", "params", "BFLOPs", "mAP@0.5 before → after", "after fine-tune", "note"):
-        table.add_column(col, justify="left" if col in ("method", "note") else "right")
+    table = _table(
+        f"prune accuracy: {weights.name} @ {size}, percent {percent}, {tuned}",
+        ("method", "params", "BFLOPs", "mAP@0.5 before → after", "after fine-tune", "note"),
+        left=("method", "note"),
+    )
     for r in rows:
         if r.error is not None:
             table.add_row(r.method, "", "", "", "", r.error)
