@@ -9,6 +9,7 @@ out of onnxruntime's blocked kernels).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import statistics
@@ -208,6 +209,7 @@ class AccuracyRow:
     error: str | None = None
     map50_finetuned: float | None = None
     finetune_seconds: float | None = None
+    infer_ms: tuple[float, float] | None = None  # onnxruntime p50 latency, unpruned and pruned
 
     @property
     def params_cut(self) -> float:
@@ -261,10 +263,12 @@ def prune_accuracy(
     backend: str = "onnxruntime",
     threads: int = 0,
     finetune: FineTune | None = None,
+    latency_runs: int = 0,
 ) -> list[AccuracyRow]:
     """mAP@0.5 on ``dataset`` (``edgeyolo test``'s evaluation) of ``model`` and of each method's pruned
     model at ``percent`` (the largest safe one by default), with parameters and BFLOPs at ``img_size``;
-    with ``finetune``, also after that short fine-tune of each pruned model."""
+    with ``finetune``, also after that short fine-tune of each pruned model; with ``latency_runs``,
+    the onnxruntime latency of every model, timed interleaved as ``prune_latency`` does."""
     import tempfile
 
     from edgeyolo.runtime.evaluate import evaluate_model
@@ -274,6 +278,7 @@ def prune_accuracy(
 
     base_params, base_bflops, base_map = _params(model), total_bflops(model.cfg, img_size), score(model)
     rows = []
+    pruned_models: dict[str, Darknet] = {}
     for name in methods or METHODS.names():
         channel_percent = None if name == "layer" else percent
         try:
@@ -281,7 +286,7 @@ def prune_accuracy(
         except UsageError as error:
             rows.append(AccuracyRow(name, (base_params, base_params), (base_bflops, base_bflops), (base_map, base_map), str(error)))
             continue
-        pruned = result.model
+        pruned = pruned_models[name] = result.model
         tuned, seconds = None, None
         if finetune is not None:
             with tempfile.TemporaryDirectory(prefix="edgeyolo-finetune-") as tmp:
@@ -297,4 +302,21 @@ def prune_accuracy(
                 finetune_seconds=seconds,
             )
         )
+    if latency_runs > 0 and pruned_models:
+        latency = _latencies({"unpruned": model, **pruned_models}, img_size, threads or 2, latency_runs)
+        rows = [r if r.method not in latency else dataclasses.replace(r, infer_ms=(latency["unpruned"], latency[r.method])) for r in rows]
     return rows
+
+
+def _latencies(models: dict[str, Darknet], img_size: int, threads: int, runs: int) -> dict[str, float]:
+    """onnxruntime p50 inference ms of each model, the models interleaved run by run."""
+    contract = Contract(img_size, img_size, channel_order=channel_order_for(next(iter(models.values())).cfg.net.channels))
+    runners = {name: OnnxRuntimeRunner(m, contract, threads) for name, m in models.items()}
+    try:
+        images = synthetic_images(8, img_size, img_size, seed=0)
+        gflops = {name: _gflops(m, img_size) for name, m in models.items()}
+        timed = bench_host(runners, contract, images, gflops, runs=runs, threads=threads)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return {r.backend: r.infer.median_ms for r in timed}

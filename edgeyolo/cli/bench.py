@@ -221,6 +221,7 @@ def prune_accuracy(
     percent: str = typer.Option("auto", "--percent", help="Percent for the channel methods ('auto' = largest safe)."),
     shortcuts: int = typer.Option(1, "--shortcuts", help="layer, layer-channel: residual blocks to delete."),
     finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Also fine-tune each pruned model this many epochs on --data's train split."),
+    latency_runs: int = typer.Option(0, "--latency-runs", help="Also time every model in onnxruntime (interleaved runs; 2 threads)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Params, BFLOPs and mAP@0.5 before, right after each pruning method, and after a short fine-tune."""
@@ -236,19 +237,21 @@ def prune_accuracy(
     model = load_cli_model(cfg, weights, img_size=img_size)
     size = img_size or model.cfg.net.height
     tune = FineTune(str(data), finetune_epochs) if finetune_epochs > 0 else None
-    rows = bench_prune_accuracy(model, load_dataset(data, "val"), size, methods, parse_percent(percent), shortcuts, finetune=tune)
+    rows = bench_prune_accuracy(
+        model, load_dataset(data, "val"), size, methods, parse_percent(percent), shortcuts, finetune=tune, latency_runs=latency_runs
+    )
     if as_json:
         typer.echo(json.dumps({"weights": str(weights), "img_size": size, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
         return
     tuned = f"fine-tune {finetune_epochs} epochs" if finetune_epochs > 0 else "no fine-tune"
     table = _table(
         f"prune accuracy: {weights.name} @ {size}, percent {percent}, {tuned}",
-        ("method", "params", "BFLOPs", "mAP@0.5 before → after", "after fine-tune", "note"),
+        ("method", "params", "BFLOPs", "mAP@0.5 before → after", "after fine-tune", "infer ms before → after", "note"),
         left=("method", "note"),
     )
     for r in rows:
         if r.error is not None:
-            table.add_row(r.method, "", "", "", "", r.error)
+            table.add_row(r.method, "", "", "", "", "", r.error)
             continue
         table.add_row(
             r.method,
@@ -256,6 +259,7 @@ def prune_accuracy(
             f"{r.bflops[0]:.2f} → {r.bflops[1]:.2f}",
             f"{r.map50[0]:.3f} → {r.map50[1]:.3f} ({100 * (r.map50[1] - r.map50[0]):+.1f} pts)",
             "" if r.map50_finetuned is None else f"{r.map50_finetuned:.3f} ({100 * (r.map50_finetuned - r.map50[0]):+.1f} pts, {r.finetune_seconds:.0f} s)",
+            "" if r.infer_ms is None else f"{r.infer_ms[0]:.2f} → {r.infer_ms[1]:.2f} ({r.infer_ms[0] / r.infer_ms[1]:.2f}x)",
             "",
         )
     Console(width=150).print(table)

@@ -89,7 +89,10 @@ def test_accuracy_rows_score_before_and_after_each_method(tmp_path):
         assert r.map50[0] > 0.9  # the self-labelled set: the unpruned model is near perfect
         assert 0.0 <= r.map50[1] <= r.map50[0] + 1e-9 and r.params[1] < r.params[0] and r.bflops[1] < r.bflops[0]
     assert min(r.map50[1] for r in rows) < rows[0].map50[0]  # pruning a random model costs accuracy
-    assert all(r.map50_finetuned is None for r in rows)
+    assert all(r.map50_finetuned is None and r.infer_ms is None for r in rows)
+    timed = prune_accuracy(model, data, size, ["normal", "layer"], percent=0.5, backend="torch", threads=1, latency_runs=2)
+    assert all(r.infer_ms is not None and min(r.infer_ms) > 0 for r in timed)
+    assert timed[0].infer_ms[0] == timed[1].infer_ms[0]  # one unpruned reference for every row
     tune = FineTune(str(data.source), epochs=1, batch_size=2, workers=0)
     (tuned,) = prune_accuracy(model, data, size, ["slim"], percent=0.3, backend="torch", threads=1, finetune=tune)
     assert 0.0 <= tuned.map50_finetuned <= 1.0 and tuned.finetune_seconds > 0
