@@ -52,6 +52,7 @@ PIXEL_TOL = 1.0  # pixel boxes may exceed the image by this much without a note
 # messages of image-level issues (``check`` sorts issues by these prefixes)
 MSG_IMAGE_MISSING = "image not found"
 MSG_IMAGE_CORRUPT = "image unreadable (corrupt or not an image)"
+MSG_LABEL_ORPHAN = "label file without an image (ignored; was the image deleted or renamed?)"
 
 FORMATS = ("darknet", "ultralytics", "coco", "voc")
 
@@ -340,6 +341,16 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(_abs(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def _orphan_labels(folder: Path, images: Sequence[Path], label_of: Callable[[Path], Path]) -> list[LabelIssue]:
+    """Label files in ``folder``'s label folder that no image of ``folder`` reads. Only for a split given
+    as a folder, whose label folder mirrors it; a list file may share its label folder with others."""
+    labels = label_of(folder / "_.jpg").parent
+    if labels == folder or not labels.is_dir():
+        return []
+    used = {_abs(label_of(image)) for image in images}
+    return [LabelIssue(txt, None, MSG_LABEL_ORPHAN) for txt in sorted(_abs(t) for t in labels.rglob("*.txt")) if txt not in used]
+
+
 def _read_list_file(path: Path, resolve: Callable[[str], Path]) -> list[Path]:
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -569,7 +580,9 @@ def _load_ultralytics(path: Path, split: str) -> DetectionDataset:
     for entry in entries:
         target = _resolve(str(entry), [root, Path.cwd()])
         if target.is_dir():
-            images.extend(_images_in(target))
+            found = _images_in(target)
+            images.extend(found)
+            issues.extend(_orphan_labels(target, found, ultralytics_label_path))
         elif target.is_file() and target.suffix.lower() not in IMAGE_SUFFIXES:
             images.extend(_read_list_file(target, _list_resolver(target, root)))
         elif target.is_file():

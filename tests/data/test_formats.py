@@ -10,6 +10,7 @@ import pytest
 from edgeyolo.data.formats import (
     MSG_IMAGE_CORRUPT,
     MSG_IMAGE_MISSING,
+    MSG_LABEL_ORPHAN,
     darknet_label_path,
     detect_format,
     load_dataset,
@@ -201,3 +202,14 @@ def test_image_size_from_headers_matches_opencv(tmp_path):
     h, w = cv2.imread(str(rotated)).shape[:2]
     assert read_image_size(rotated) == (w, h) == (21, 37)
     assert read_image_size(tmp_path / "missing.jpg") is None
+
+
+def test_a_label_whose_image_is_gone_is_reported(tmp_path):
+    data = make_ultralytics(tmp_path / "ul")
+    gone = sorted((tmp_path / "ul" / "images" / "val").glob("*.jpg"))[0]
+    gone.unlink()
+    ds = load_dataset(data, "val")
+    orphans = [i for i in ds.issues if i.message == MSG_LABEL_ORPHAN]
+    assert [Path(i.path).name for i in orphans] == [gone.stem + ".txt"]
+    assert len(ds.samples) == len(ITEMS) - 1
+    assert not [i for i in load_dataset(make_ultralytics(tmp_path / "ok"), "val").issues if i.message == MSG_LABEL_ORPHAN]

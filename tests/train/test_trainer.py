@@ -201,6 +201,7 @@ def test_bad_training_data_warns_with_file_and_line_and_the_epoch_completes(synt
     assert f"{labels[2]}:2:" in proc.stderr and "out of range" in proc.stderr
     assert f"{labels[3]}:1:" in proc.stderr
     assert images[1].name in proc.stderr  # the unreadable image is named
+    assert f"{labels[0]}: label file without an image" in proc.stderr  # and the label of the deleted one
     assert (tmp_path / "out" / "run" / "last.safetensors").exists()
 
 
