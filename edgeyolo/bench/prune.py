@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from edgeyolo.bench.host import StageStats, bench_host
+from edgeyolo.bench.host import BackendResult, StageStats, bench_host
 from edgeyolo.compress.prune import AUTO, METHODS, PruneConfig, PruneResult, prune
 from edgeyolo.compress.prune.methods import Percent
 from edgeyolo.contract import Contract, channel_order_for
@@ -138,6 +138,28 @@ def match_regular(model: Darknet, target_gflops: float, img_size: int, multiple:
     return min(candidates, key=lambda r: abs(_gflops(r.model, img_size) - target_gflops))
 
 
+def _time_models(
+    models: dict[str, Darknet],
+    img_size: int,
+    threads: int,
+    runs: int,
+    warmup: int = 3,
+    progress: Callable[[range], range] | None = None,
+) -> list[BackendResult]:
+    """Each model exported to onnxruntime and timed on ``threads`` threads, the models interleaved
+    run by run as :func:`edgeyolo.bench.host.bench_host` does, so a busy machine slows them alike.
+    Results come in ``models``' order."""
+    contract = Contract(img_size, img_size, channel_order=channel_order_for(next(iter(models.values())).cfg.net.channels))
+    runners = {name: OnnxRuntimeRunner(m, contract, threads) for name, m in models.items()}
+    gflops = {name: _gflops(m, img_size) for name, m in models.items()}
+    try:
+        images = synthetic_images(8, img_size, img_size, seed=0)
+        return bench_host(runners, contract, images, gflops, runs=runs, warmup=warmup, threads=threads, progress=progress)
+    finally:
+        for runner in runners.values():
+            runner.close()
+
+
 def prune_latency(
     model: Darknet,
     img_size: int = 256,
@@ -165,15 +187,8 @@ def prune_latency(
         "normal": (normal.model, percent),
         f"regular --multiple {multiple}": (regular.model, _applied_percent(regular)),
     }
-    contract = Contract(img_size, img_size, channel_order=channel_order_for(model.cfg.net.channels))
-    runners = {name: OnnxRuntimeRunner(m, contract, threads) for name, (m, _) in models.items()}
     gflops = {name: _gflops(m, img_size) for name, (m, _) in models.items()}
-    try:
-        images = synthetic_images(8, img_size, img_size, seed=0)
-        timed = bench_host(runners, contract, images, gflops, runs=runs, warmup=warmup, threads=threads, progress=progress)
-    finally:
-        for runner in runners.values():
-            runner.close()
+    timed = _time_models({name: m for name, (m, _) in models.items()}, img_size, threads, runs, warmup, progress)
     base = timed[0].infer.median_ms
     rows = []
     for r in timed:
@@ -303,20 +318,7 @@ def prune_accuracy(
             )
         )
     if latency_runs > 0 and pruned_models:
-        latency = _latencies({"unpruned": model, **pruned_models}, img_size, threads or 2, latency_runs)
+        timed = _time_models({"unpruned": model, **pruned_models}, img_size, threads or 2, latency_runs)
+        latency = {r.backend: r.infer.median_ms for r in timed}
         rows = [r if r.method not in latency else dataclasses.replace(r, infer_ms=(latency["unpruned"], latency[r.method])) for r in rows]
     return rows
-
-
-def _latencies(models: dict[str, Darknet], img_size: int, threads: int, runs: int) -> dict[str, float]:
-    """onnxruntime p50 inference ms of each model, the models interleaved run by run."""
-    contract = Contract(img_size, img_size, channel_order=channel_order_for(next(iter(models.values())).cfg.net.channels))
-    runners = {name: OnnxRuntimeRunner(m, contract, threads) for name, m in models.items()}
-    try:
-        images = synthetic_images(8, img_size, img_size, seed=0)
-        gflops = {name: _gflops(m, img_size) for name, m in models.items()}
-        timed = bench_host(runners, contract, images, gflops, runs=runs, threads=threads)
-    finally:
-        for runner in runners.values():
-            runner.close()
-    return {r.backend: r.infer.median_ms for r in timed}

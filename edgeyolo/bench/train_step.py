@@ -48,9 +48,8 @@ def bench_train_step(
         )
         trainer = Trainer(config)
         trainer.validate = lambda: None  # time the training loop only
-        accumulate = max(round(64 / batch_size), 1)
-        trainer.train_epoch(0, accumulate)
-        record = trainer.train_epoch(1, accumulate)
+        trainer.train_epoch(0, trainer.accumulate)
+        record = trainer.train_epoch(1, trainer.accumulate)
         trainer._loader = None  # stop the workers before timing the bare step
 
         model = load_model(cfg_path).train()

@@ -693,7 +693,21 @@ def make_loader(
             raise UsageError("img_sizes is empty; give at least one input size or None")
         picks = torch.randint(len(sizes), (len(batches),), generator=g).tolist()
         batches = [[(i, sizes[p]) for i in b] for b, p in zip(batches, picks)]
-    batches = batches[start_batch:]
+    return batch_loader(ds, batches[start_batch:], workers, pin_memory=pin_memory, generator=epoch_generator(seed, epoch))
+
+
+def batch_loader(
+    ds: Dataset,
+    batches: list[list],
+    workers: int,
+    *,
+    persistent: bool = False,
+    pin_memory: bool = False,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
+    """A loader over fixed ``batches`` of keys with :func:`collate`, spawned workers set up by
+    :func:`worker_init`. With ``persistent`` the workers outlive an epoch: replace
+    ``loader.batch_sampler.batches`` before iterating it again."""
     return DataLoader(
         ds,
         batch_sampler=FixedBatches(batches),
@@ -701,8 +715,8 @@ def make_loader(
         collate_fn=collate,
         pin_memory=pin_memory,
         worker_init_fn=worker_init if workers else None,
-        generator=epoch_generator(seed, epoch),
-        persistent_workers=False,
+        generator=generator,
+        persistent_workers=persistent and workers > 0,
         multiprocessing_context=WORKER_CONTEXT if workers else None,
     )
 

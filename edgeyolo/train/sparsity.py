@@ -585,12 +585,13 @@ class SparsityRegularizer:
         s = self.current_s
         if s == 0.0:
             return s
+        local = self.schedule is SparsitySchedule.LOCAL and self._decayed(int(epoch))
+        gammas = _abs_gammas(self._bns) if local or self.penalty == "polar" else None
         relieve: Tensor | None = None
-        if self.schedule is SparsitySchedule.LOCAL and self._decayed(int(epoch)):
-            gammas = _abs_gammas(self._bns)
+        if local:
             k = min(int(gammas.numel() * self.local_percentile), gammas.numel() - 1)
             relieve = torch.sort(gammas).values[k]
-        mean = float(_abs_gammas(self._bns).mean()) if self.penalty == "polar" else 0.0
+        mean = float(gammas.mean()) if self.penalty == "polar" else 0.0
         for _, bn in self._bns:
             weight = bn.weight
             sign = torch.sign(weight.detach())

@@ -336,6 +336,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
+    @property
+    def per_rank_batch(self) -> int:
+        c = self.config
+        return max(c.batch_size // self.world if self.world > 1 else c.batch_size, 1)
+
+    @property
+    def accumulate(self) -> int:
+        """Mini-batches per optimizer step: gradients accumulate to the nominal batch."""
+        return max(round(self.config.nominal_batch / self.config.batch_size), 1)
+
     def _batches(self, epoch: int):
         """The epoch's batches from the run's single loader.
 
@@ -343,29 +353,18 @@ class Trainer:
         are started once per run (spawning them costs seconds per epoch) and still produce exactly
         the samples a fresh loader would.
         """
-        from torch.utils.data import DataLoader
-
-        from edgeyolo.train.data import WORKER_CONTEXT, FixedBatches, collate, worker_init
+        from edgeyolo.train.data import batch_loader
 
         gen = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch, 1))
         order = torch.randperm(len(self.dataset), generator=gen).tolist()
-        per_rank = max(self.config.batch_size // self.world if self.world > 1 else self.config.batch_size, 1)
+        per_rank = self.per_rank_batch
         if self.world > 1:
             order = order[self.rank :: self.world]
         size = self.dataset.img_size
         keys = [(i, size, epoch) for i in order]
         batches = [keys[i : i + per_rank] for i in range(0, len(keys), per_rank)]
         if self._loader is None:
-            workers = self.config.workers
-            self._loader = DataLoader(
-                self.dataset,
-                batch_sampler=FixedBatches(batches),
-                num_workers=workers,
-                collate_fn=collate,
-                worker_init_fn=worker_init if workers else None,
-                persistent_workers=workers > 0,
-                multiprocessing_context=WORKER_CONTEXT if workers else None,
-            )
+            self._loader = batch_loader(self.dataset, batches, self.config.workers, persistent=True)
         else:
             self._loader.batch_sampler.batches = batches
         return self._loader
@@ -388,11 +387,10 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG_FILE, c.to_json())
-        accumulate = max(round(c.nominal_batch / c.batch_size), 1)
         for epoch in range(self.start_epoch, c.epochs):
-            record = self.train_epoch(epoch, accumulate)
+            record = self.train_epoch(epoch, self.accumulate)
             self.history.append(asdict(record))
-            self.save_state(epoch, self.fitness(asdict(record)))
+            self.save_state(epoch, self.fitness(self.history[-1]))
             if self.rank == 0:
                 self._write_metrics()
                 if self.sparsity:
@@ -417,9 +415,8 @@ class Trainer:
         c = self.config
         if not self.sparsity or c.optimizer != "sgd":
             return None
-        per_rank = max(c.batch_size // self.world if self.world > 1 else c.batch_size, 1)
-        steps = math.ceil(math.ceil(len(self.dataset) / self.world) / per_rank)
-        accumulate = max(round(c.nominal_batch / c.batch_size), 1)
+        steps = math.ceil(math.ceil(len(self.dataset) / self.world) / self.per_rank_batch)
+        accumulate = self.accumulate
         total, buf = 0.0, None
         for epoch in range(c.epochs):
             for step in range(steps):
