@@ -1,4 +1,4 @@
-"""``edgeyolo train``: normal, fine-tune and sparse training; ``--resume RUN_DIR`` after any stop."""
+"""``edgeyolo train``: normal, fine-tune, sparse training and distillation; ``--resume RUN_DIR`` after any stop."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,6 +37,22 @@ def train(
     sr_t: float = typer.Option(1.0, "--sr-t", help="polar: balance t (>1 prunes more, <1 lifts the kept group)."),
     cache: bool = typer.Option(False, "--cache", help="Decode the training images once into a memory-mapped cache."),
     max_val_images: Optional[int] = typer.Option(None, "--max-val-images", help="Validate on the first N images only."),
+    t_cfg: Optional[str] = typer.Option(None, "--t-cfg", "--t_cfg", help="Distillation teacher cfg (path or zoo name)."),
+    t_weights: Optional[Path] = typer.Option(None, "--t-weights", "--t_weights", help="Distillation teacher weights (loaded like --weights)."),
+    kd_strategy: int = typer.Option(
+        0, "--KDstr", "--kd-strategy",
+        help="Distillation: 1 KD on all outputs, 2 class KD + teacher-bounded box, 3 class KD + box imitation, "
+        "4 = 3 + spatial attention of all feature maps, 5 = 4 with object masks, 6 = 3 + attention of the maps feeding the heads.",
+    ),
+    kd_t: float = typer.Option(3.0, "--kd-t", help="Distillation temperature."),
+    kd_weight: float = typer.Option(1.0, "--kd-weight", help="Multiplies the distillation loss (1: the reference's balance)."),
+    quantized: Optional[str] = typer.Option(
+        None, "--quantized", help="Quantization-aware training: affine | dorefa | pow2 (seed numbers: 1 = affine, 2 = dorefa)."
+    ),
+    fpga: bool = typer.Option(False, "--FPGA", help="Same as --quantized pow2 (power-of-two scales, for FPGA DPUs)."),
+    w_bit: int = typer.Option(8, "--w-bit", "--w_bit", help="QAT weight bits."),
+    a_bit: int = typer.Option(8, "--a-bit", "--a_bit", help="QAT activation bits."),
+    bn_fold: bool = typer.Option(False, "--bn-fold", "--BN_Fold", "--BN_Flod", help="QAT with BN folded into the conv weights."),
 ) -> None:
     """Train a darknet-cfg model; each epoch validates, logs one line and checkpoints atomically."""
     from edgeyolo.errors import UsageError
@@ -58,6 +74,15 @@ def train(
             raise UsageError("--data and --cfg are required (or --resume RUN_DIR)")
         if multi_scale is not None and len(multi_scale) != 2:
             raise UsageError("--multi-scale takes MIN and MAX: --multi-scale 320 --multi-scale 608")
+        scheme = None
+        if quantized is not None and quantized.strip() != "-1":  # the reference's default -1: float
+            from edgeyolo.compress.quant import parse_scheme
+
+            scheme = parse_scheme(quantized)
+        if fpga:
+            if scheme not in (None, "pow2"):
+                raise UsageError(f"--FPGA means --quantized pow2; it cannot be combined with --quantized {quantized}")
+            scheme = "pow2"
         config = TrainConfig(
             data=str(data),
             cfg=str(resolve_cfg(cfg)),
@@ -87,9 +112,26 @@ def train(
             sr_t=sr_t,
             cache=cache,
             max_val_images=max_val_images,
+            kd_strategy=max(kd_strategy, 0),  # the reference's default -1 means none
+            t_cfg=str(resolve_cfg(t_cfg)) if t_cfg else None,
+            t_weights=str(t_weights) if t_weights else None,
+            kd_t=kd_t,
+            kd_weight=kd_weight,
+            quantized=scheme,
+            w_bit=w_bit,
+            a_bit=a_bit,
+            bn_fold=bn_fold,
         )
         trainer = Trainer(config, progress=progress, on_epoch=on_epoch)
         typer.echo(f"training into {trainer.run_dir}")
+    if trainer.distiller:
+        typer.echo(trainer.distiller.describe())
+    if trainer.quant_spec:
+        q = trainer.quant_spec
+        typer.echo(
+            f"quantization-aware training: {q.scheme}, w{q.w_bit}/a{q.a_bit}{', BN folded' if q.bn_fold else ''}; "
+            f"the quantized model is written to {trainer.run_dir}/last_quant and best_quant"
+        )
     if trainer.sparsity:
         typer.echo(trainer.sparsity.describe())
         reach = trainer.penalty_reach()

@@ -85,7 +85,7 @@ class YoloLoss:
         lbox = torch.zeros((), device=device)
         lobj = torch.zeros((), device=device)
         lcls = torch.zeros((), device=device)
-        assigned = self._assign(raw, targets, img_h, img_w)
+        assigned = self.assign(raw, targets, img_h, img_w)
         for i, (r, head) in enumerate(zip(raw, self.heads)):
             b, _, h, w = r.shape
             a = len(head.anchors)
@@ -113,7 +113,9 @@ class YoloLoss:
         return total, torch.stack([lbox, lobj, lcls]).detach()
 
     @torch.no_grad()
-    def _assign(self, raw: list[Tensor], targets: Tensor, img_h: int, img_w: int):
+    def assign(self, raw: list[Tensor], targets: Tensor, img_h: int, img_w: int):
+        """Per head, the GT-assigned cells: (batch, anchor, gj, gi, box in grid units relative to the
+        cell, class, anchor wh in grid units). Public because distillation imitates at these cells."""
         device = raw[0].device
         n = targets.shape[0]
         # wh IoU of each target with every anchor of every head (input pixels)

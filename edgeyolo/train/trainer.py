@@ -1,4 +1,5 @@
-"""The training loop: normal, fine-tune and sparse training, resumable bit for bit.
+"""The training loop: normal, fine-tune, sparse, distillation (``distill.py``) and quantization-aware
+training, resumable bit for bit.
 
 Reproducibility is designed in rather than hoped for: the data order of an epoch comes from
 (seed, epoch), each sample's augmentation from (seed, epoch, index), each step's multi-scale size and
@@ -84,6 +85,15 @@ class TrainConfig:
     sr_t: float = 1.0  # polarization balance t
     cache: bool = False  # decode the training images once into a shared memory-mapped cache
     loss: dict = field(default_factory=dict)
+    kd_strategy: int = 0  # knowledge distillation --KDstr 1..6 (0: off); see edgeyolo.train.distill
+    t_cfg: Optional[str] = None
+    t_weights: Optional[str] = None
+    kd_t: float = 3.0  # distillation temperature
+    kd_weight: float = 1.0  # × the reference's λs; 1 keeps the reference's KD/detection balance
+    quantized: Optional[str] = None  # QAT scheme: affine | dorefa | pow2 (None: float training)
+    w_bit: int = 8
+    a_bit: int = 8
+    bn_fold: bool = False
 
     def __post_init__(self) -> None:
         if self.img_size <= 0 or self.img_size % 32:
@@ -98,6 +108,26 @@ class TrainConfig:
             raise UsageError(f"--prune must be 0, 1 or 2, got {self.prune}")
         if self.amp and not self.device.startswith("cuda"):
             raise UsageError("--amp needs a CUDA device")
+        if self.kd_strategy not in range(7):
+            raise UsageError(f"--KDstr must be 1-6 (0: no distillation), got {self.kd_strategy}")
+        if self.kd_strategy and not self.t_weights:
+            raise UsageError(f"--KDstr {self.kd_strategy} needs a teacher: --t-weights W (and --t-cfg C unless W is an edgeyolo .safetensors)")
+        if not self.kd_strategy and (self.t_weights or self.t_cfg):
+            raise UsageError("--t-cfg/--t-weights name a distillation teacher: add --KDstr 1-6 to choose the strategy")
+        if self.kd_t <= 0 or self.kd_weight < 0:
+            raise UsageError(f"--kd-t must be positive and --kd-weight non-negative, got {self.kd_t} and {self.kd_weight}")
+        if self.quantized:
+            self.quant_spec()  # validates scheme and bit widths
+        elif self.bn_fold or (self.w_bit, self.a_bit) != (8, 8):
+            raise UsageError("--bn-fold, --w-bit and --a-bit configure quantization-aware training: add --quantized affine|dorefa|pow2")
+
+    def quant_spec(self):
+        """The QAT recipe (an ``edgeyolo.compress.quant.QuantSpec``), None for float training."""
+        if not self.quantized:
+            return None
+        from edgeyolo.compress.quant import QuantSpec
+
+        return QuantSpec(scheme=self.quantized, w_bit=self.w_bit, a_bit=self.a_bit, bn_fold=self.bn_fold)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -160,6 +190,7 @@ class EpochRecord:
     seconds: float
     images_per_s: float
     sparsity: dict = field(default_factory=dict)
+    kd: dict = field(default_factory=dict)  # distillation parts per image, like box/obj/cls
 
     def line(self) -> str:
         text = (
@@ -169,6 +200,8 @@ class EpochRecord:
         )
         if self.sparsity:
             text += f"  s {self.sparsity.get('s', 0):.2e} γ<1e-2 {self.sparsity.get('frac_lt_1e-2', 0):.1%}"
+        if self.kd:
+            text += "  kd " + " ".join(f"{k} {v:.4f}" for k, v in self.kd.items())
         return text
 
 
@@ -229,6 +262,13 @@ class Trainer:
                 f"the cfg has {model.num_classes} classes but {config.data} has {self.train_set.num_classes}; "
                 "these weights load strictly into that cfg; add -pt to load what fits into a cfg with the dataset's classes"
             )
+        self.quant_spec = config.quant_spec()
+        if self.quant_spec:
+            # after the weights load (they are float) and before the optimizer and the EMA copy are
+            # made; a resume builds the same prepared model before it loads the state
+            from edgeyolo.compress.quant import prepare_qat
+
+            model = prepare_qat(model, self.quant_spec)
         self.model: Darknet = model.to(self.device).train()
         augment = TrainAugment(enabled=config.augment)
         self.dataset = YoloTrainDataset(
@@ -236,6 +276,14 @@ class Trainer:
         )
         self._loader = None  # one loader for the run: its workers persist across epochs
         self.criterion = YoloLoss(self.model, LossConfig(**config.loss))
+        self.distiller = None
+        if config.kd_strategy:
+            from edgeyolo.train.distill import Distiller
+
+            self.distiller = Distiller.load(
+                self.model, self.criterion, config.t_cfg, config.t_weights, config.kd_strategy,
+                config.img_size, config.kd_t, config.kd_weight, self.device,
+            )
         self.optimizer = self._make_optimizer()
         self.ema = ModelEMA(self.model) if config.ema else None
         # fp16 gradients underflow without loss scaling; the scaler is a no-op when AMP is off
@@ -251,9 +299,13 @@ class Trainer:
         self.start_epoch = 0
         self.best_fitness = -1.0
         self.history: list[dict] = []
-        self.net = self.model
+        self.net: nn.Module = self.model
+        if self.distiller:  # the student's forward also returns the feature maps to distil
+            from edgeyolo.train.distill import FeatureTap
+
+            self.net = FeatureTap(self.model, self.distiller.student_capture)
         if self.world > 1:
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=None if self.device.type == "cpu" else [self.device])
+            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=None if self.device.type == "cpu" else [self.device])
 
     # ------------------------------------------------------------------ setup
 
@@ -288,10 +340,16 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         weights_model = self.ema.ema if self.ema else self.model
         prov = Provenance(command=f"edgeyolo train (epoch {epoch})")
-        save_checkpoint(weights_model, self.run_dir / "last.safetensors", prov)
+        names = ["last"]
         if fitness > self.best_fitness:
             self.best_fitness = fitness
-            save_checkpoint(weights_model, self.run_dir / "best.safetensors", prov)
+            names.append("best")
+        for name in names:
+            save_checkpoint(self._float_model(weights_model), self.run_dir / f"{name}.safetensors", prov)
+            if self.quant_spec:  # QAT: also the quantized model with its activation ranges
+                from edgeyolo.compress.quant import save_quantized
+
+                save_quantized(weights_model, self.run_dir / f"{name}_quant", info={"source": f"edgeyolo train (epoch {epoch})"})
         state = {
             "epoch": epoch,
             "best_fitness": self.best_fitness,
@@ -306,6 +364,16 @@ class Trainer:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(self.run_dir / STATE_FILE, buffer.getvalue())
+
+    @staticmethod
+    def _float_model(model: Darknet) -> Darknet:
+        """A QAT model's float parameters as a plain Darknet (what ``--weights`` loads); else ``model``."""
+        if type(model) is Darknet:
+            return model
+        plain = Darknet(model.cfg)
+        own = model.state_dict()
+        plain.load_state_dict({k: own[k] for k in plain.state_dict()})
+        return plain
 
     def load_state(self) -> None:
         path = self.run_dir / STATE_FILE
@@ -436,6 +504,7 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         totals = torch.zeros(3)
+        kd_totals: dict[str, float] = {}
         seen = 0
         batches = self.progress(loader, f"epoch {epoch}", steps) if self.progress else loader
         lr = c.lr0
@@ -455,8 +524,16 @@ class Trainer:
                     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
             torch.manual_seed(derive_seed(c.seed, epoch, step, 3))  # dropout
             with torch.autocast(self.device.type, enabled=c.amp):
-                raw = self.net(images)
-                loss, parts = self.criterion(raw, targets, images.shape[-2], images.shape[-1])
+                if self.distiller:
+                    raw, features = self.net(images)
+                    loss, parts = self.criterion(raw, targets, images.shape[-2], images.shape[-1])
+                    kd_loss, kd_parts = self.distiller(images, raw, features, targets)
+                    loss = loss + kd_loss
+                    for key, value in kd_parts.items():
+                        kd_totals[key] = kd_totals.get(key, 0.0) + value
+                else:
+                    raw = self.net(images)
+                    loss, parts = self.criterion(raw, targets, images.shape[-2], images.shape[-1])
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"the loss became {loss.item()} at epoch {epoch} step {step}; the last good checkpoint "
@@ -495,6 +572,7 @@ class Trainer:
             time.perf_counter() - start,
             seen * self.world / max(train_s, 1e-9),
             sparsity,
+            {k: v / max(steps, 1) for k, v in kd_totals.items()},
         )
 
     @torch.no_grad()
@@ -526,12 +604,15 @@ class Trainer:
         if not self.history:
             return
         buffer = io.StringIO()
-        keys = [k for k in self.history[0] if k != "sparsity"]
+        keys = [k for k in self.history[0] if k not in ("sparsity", "kd")]
         sparse_keys = sorted({k for h in self.history for k in h.get("sparsity", {})})
+        kd_keys = list(dict.fromkeys(k for h in self.history for k in h.get("kd", {})))
         writer = csv.writer(buffer)
-        writer.writerow(keys + [f"sparsity.{k}" for k in sparse_keys])
+        writer.writerow(keys + [f"sparsity.{k}" for k in sparse_keys] + [f"kd.{k}" for k in kd_keys])
         for h in self.history:
-            writer.writerow([h[k] for k in keys] + [h.get("sparsity", {}).get(k, "") for k in sparse_keys])
+            writer.writerow(
+                [h[k] for k in keys] + [h.get("sparsity", {}).get(k, "") for k in sparse_keys] + [h.get("kd", {}).get(k, "") for k in kd_keys]
+            )
         atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
         self._plot_curves()
 
