@@ -27,7 +27,10 @@ def prune(
         None, "--percent", "--global_percent", "--global-percent",
         help="Fraction of the ranked channels to remove, or 'auto' for the largest safe one (default per method).",
     ),
-    multiple: int = typer.Option(8, "--multiple", help="regular: kept channel counts are multiples of N."),
+    multiple: Optional[int] = typer.Option(
+        None, "--multiple", help="regular: kept channel counts are multiples of N (default: the --target's channel multiple, else 8)."
+    ),
+    target: Optional[str] = typer.Option(None, "--target", help="Deployment target whose channel multiple --multiple defaults to (see `edgeyolo targets list`)."),
     shortcuts: int = typer.Option(8, "--shortcuts", "--shortcut", help="layer, layer-channel: residual blocks to delete."),
     layer_keep: float = typer.Option(0.01, "--layer-keep", "--layer_keep", help="Fewest channels a layer keeps, as a fraction of its width."),
     importance: str = typer.Option("gamma", "--importance", help="Channel score: gamma (BN |γ|) or l1 (filter L1 norm / its layer's mean)."),
@@ -63,7 +66,7 @@ def prune(
     config = PruneConfig(
         method,
         percent=None if percent is None else parse_percent(percent),
-        multiple=multiple,
+        multiple=_multiple(multiple, target),
         shortcuts=shortcuts,
         layer_keep=layer_keep,
         importance=importance,
@@ -123,6 +126,18 @@ def _accuracy(
         data, "val", backend, before.img_size, before.result.num_images,
         (before.result.map50, after.result.map50), (before.result.map50_95, after.result.map50_95),
     )
+
+
+def _multiple(multiple: Optional[int], target: Optional[str]) -> int:
+    """An explicit --multiple wins; else the target's channel multiple (an unknown target is an error either way)."""
+    profile = None
+    if target is not None:
+        from edgeyolo.targets.profiles import get_target
+
+        profile = get_target(target)
+    if multiple is not None:
+        return multiple
+    return profile.channel_multiple if profile is not None else 8
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,59 @@
+"""``edgeyolo build --target T``: adapt → sparse-train → prune → fine-tune → quantize → export → deploy + bench."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def build(
+    target: str = typer.Option(..., "--target", help="Target profile (edgeyolo targets list)."),
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="darknet .cfg path or zoo name."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Starting weights (.weights, .safetensors, .pt)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset for training, calibration (train split) and mAP (val split)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: the target's)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe.yaml overriding the stage settings."),
+    device: Optional[str] = typer.Option(None, "--device", help="Inventory name of a board: deploy and benchmark there."),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.yaml (default: EDGEYOLO_INVENTORY or ./devices.yaml)."),
+    train_device: str = typer.Option("cpu", "--train-device", help="cpu | cuda:N for the training stages."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", "--img_size", help="Input size (overrides the recipe)."),
+    demo: bool = typer.Option(False, "--demo", help="The embedded demo: a small zoo cfg on the synthetic set."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the stages and why any is skipped; run nothing."),
+    out: Path = typer.Option(..., "--out", help="Build folder (stages/, manifest.json, report.md); reused stages are cached."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Build a model for a target; every stage is cached by the hash of its inputs."""
+    from edgeyolo.pipeline import Build, BuildRequest, Recipe, demo_recipe
+
+    demo = demo or (cfg is None and weights is None and data is None)
+    overrides = {"img_size": img_size} if img_size else {}
+    if recipe is not None:
+        chosen = Recipe.from_yaml(recipe, **overrides)
+    elif demo:
+        chosen = demo_recipe(**overrides)
+    else:
+        chosen = Recipe(**overrides)
+    request = BuildRequest(
+        target=target, out=out, cfg=cfg, weights=str(weights) if weights else None, data=str(data) if data else None,
+        precision=precision, recipe=chosen, device=device, inventory=str(inventory) if inventory else None,
+        train_device=train_device, demo=demo,
+    )
+    echo = (lambda _: None) if as_json else typer.echo
+    if demo:
+        echo("no model given: running the embedded demo (edgeyolo-res on a small synthetic set; a smoke run, not a result)")
+    builder = Build(request, echo=echo)
+    if dry_run:
+        for name, reason in builder.plan():
+            typer.echo(f"{name:9s} {'skip: ' + reason if reason else 'run'}")
+        return
+    manifest = builder.run()
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+    else:
+        typer.echo((out / "report.md").read_text(encoding="utf-8"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build)

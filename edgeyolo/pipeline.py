@@ -1,0 +1,616 @@
+"""``edgeyolo build``: a target's recipe of stages, each cached by the hash of its inputs.
+
+Stages, in order (a stage that does not apply is recorded as skipped, with the reason):
+
+    adapt     rewrite the cfg for what the target can run (``edgeyolo adapt``)
+    train     train from scratch or fine-tune the given weights (demo, or ``train_epochs`` > 0)
+    sparse    sparse training of the prunable BN γ (``sparse_epochs`` > 0)
+    prune     channel pruning at the target's channel multiple
+    finetune  fine-tune the pruned model (distilled from the unpruned one with ``kd``)
+    quantize  int8 post-training quantization (int8 precision only)
+    export    the artifact the target runs: ONNX (fp32/fp16: TensorRT builds the engine on the
+              board), QDQ ONNX (int8)
+    deploy    upload + benchmark (FPS, latency, mAP) on a named device
+
+A stage's key is the sha256 of its name, its parameters, the key of the stage before it and the
+sha256 of the files it reads. Its folder ``stages/NN-name/`` holds its outputs and ``stage.json``,
+written last; a later build with the same key reuses the folder instead of running the stage. The
+build folder gets ``manifest.json`` (every stage: status, key, wall time, metrics, outputs) and
+``report.md``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from edgeyolo.errors import CfgError, EdgeYoloError, UsageError
+from edgeyolo.model.io import atomic_write_text
+
+STAGES = ("adapt", "train", "sparse", "prune", "finetune", "quantize", "export", "deploy")
+PRECISIONS = ("fp32", "fp16", "int8")
+STAGE_FILE = "stage.json"
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.md"
+MODEL_CFG, MODEL_WEIGHTS = "model.cfg", "model.safetensors"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What each stage does; ``recipe.yaml`` overrides any field (unknown keys are errors)."""
+
+    img_size: int = 416
+    batch_size: int = 16
+    workers: int = 2
+    seed: int = 0
+    cache: bool = False
+    max_val_images: Optional[int] = None
+    train_epochs: int = 0  # > 0: train (or fine-tune the given weights) before sparse training
+    sparse_epochs: int = 0  # > 0: sparse training before pruning
+    s: float = 0.001
+    prune_mode: int = 1
+    sr_penalty: str = "polar"
+    prune_method: str = "slim"  # "none" skips pruning
+    percent: Any = 0.5  # a fraction or "auto"
+    multiple: Optional[int] = None  # default: the target's channel multiple
+    finetune_epochs: int = 0
+    kd: Optional[int] = None  # --KDstr for the fine-tune, the unpruned model as teacher
+    calib_images: int = 200
+    quant_method: str = "percentile"
+    evaluate: bool = True  # mAP@0.5 of each stage's model on the val split (needs data)
+    bench_duration: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.img_size <= 0 or self.img_size % 32:
+            raise UsageError(f"recipe img_size must be a positive multiple of 32, got {self.img_size}")
+        for name in ("batch_size", "calib_images"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"recipe {name} must be positive, got {getattr(self, name)}")
+        for name in ("train_epochs", "sparse_epochs", "finetune_epochs", "workers"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"recipe {name} must be >= 0, got {getattr(self, name)}")
+        if self.prune_mode not in (0, 1, 2):
+            raise UsageError(f"recipe prune_mode must be 0, 1 or 2, got {self.prune_mode}")
+        if self.kd is not None and self.kd not in range(1, 7):
+            raise UsageError(f"recipe kd must be 1..6 (--KDstr), got {self.kd}")
+        if self.prune_method != "none":
+            from edgeyolo.compress.prune import parse_percent
+
+            parse_percent(str(self.percent), "recipe percent")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "Recipe":
+        """Read a recipe file; a wrong key or value names ``file:line``."""
+        import yaml
+
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--recipe {path}: {exc.strerror or exc}") from None
+        try:
+            root = yaml.compose(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise CfgError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path, mark.line + 1 if mark else None) from None
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        if root is not None:
+            if not isinstance(root, yaml.MappingNode):
+                raise CfgError("a recipe is a mapping of field: value", path, root.start_mark.line + 1)
+            for key_node, value_node in root.value:
+                key, line = key_node.value, key_node.start_mark.line + 1
+                if key not in known:
+                    raise CfgError(f"unknown recipe key '{key}' (known: {', '.join(known)})", path, line)
+                values[key] = yaml.safe_load(yaml.serialize(value_node))
+                try:
+                    cls(**{key: values[key]})
+                except (EdgeYoloError, TypeError) as exc:
+                    raise CfgError(f"{key}: {exc}", path, line) from None
+        return cls(**{**values, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    target: str
+    out: Path
+    cfg: Optional[str] = None
+    weights: Optional[str] = None
+    data: Optional[str] = None
+    precision: Optional[str] = None  # default: the target's preferred precision
+    recipe: Recipe = field(default_factory=Recipe)
+    device: Optional[str] = None  # inventory name: deploy + bench there
+    inventory: Optional[str] = None
+    train_device: str = "cpu"
+    demo: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if not self.demo and self.cfg is None:
+            raise UsageError("give --cfg (and --weights, --data), or --demo for the embedded demo")
+
+
+@dataclass
+class Artifact:
+    """What flows from one stage to the next."""
+
+    folder: Path | None = None  # model.cfg + model.safetensors
+    files: dict[str, str] = field(default_factory=dict)  # other outputs by role (onnx, quantized, ...)
+
+    @property
+    def cfg(self) -> Path:
+        assert self.folder is not None
+        return self.folder / MODEL_CFG
+
+    @property
+    def weights(self) -> Path:
+        assert self.folder is not None
+        return self.folder / MODEL_WEIGHTS
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # done | cached | skipped | failed
+    key: str = ""
+    reason: str = ""
+    wall_s: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stage_key(name: str, params: dict[str, Any], upstream: str, inputs: list[Path]) -> str:
+    body = {
+        "stage": name,
+        "params": params,
+        "upstream": upstream,
+        "inputs": {p.name: file_sha256(p) for p in inputs if p.is_file()},
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Build:
+    """One ``edgeyolo build``: plans the stages, runs or reuses each, writes the manifest."""
+
+    def __init__(self, request: BuildRequest, echo: Callable[[str], None] = lambda _: None):
+        from edgeyolo.targets.profiles import get_target
+
+        self.request = request
+        self.recipe = request.recipe
+        self.echo = echo
+        self.profile = get_target(request.target)
+        self.precision = self.profile.check_precision(request.precision or self.profile.default_precision).value
+        self.out = Path(request.out)
+        self.records: list[StageRecord] = []
+        self.commands: dict[str, str] = {}
+        self._dataset_cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self) -> list[tuple[str, str | None]]:
+        """(stage, reason it is skipped or None) for every stage."""
+        r, req = self.recipe, self.request
+        has_data = req.data is not None or req.demo
+        skip: dict[str, str | None] = {
+            "adapt": None if self._adapt_needed() else f"{self.profile.name} runs the cfg as it is",
+            "train": None if r.train_epochs > 0 else "recipe train_epochs is 0",
+            "sparse": None if r.sparse_epochs > 0 else "recipe sparse_epochs is 0",
+            "prune": None if r.prune_method != "none" else "recipe prune_method is none",
+            "finetune": None if r.finetune_epochs > 0 and r.prune_method != "none" else "recipe finetune_epochs is 0 or nothing pruned",
+            "quantize": None if self.precision == "int8" else f"precision {self.precision}",
+            "export": None,
+            "deploy": None if req.device else "no --device named",
+        }
+        for name in ("train", "sparse", "finetune", "quantize"):
+            if skip[name] is None and not has_data:
+                skip[name] = "needs --data"
+        return [(name, skip[name]) for name in STAGES]
+
+    def _adapt_needed(self) -> bool:
+        from edgeyolo.model.cfg import parse_cfg
+        from edgeyolo.targets.check import check_cfg
+
+        # strict: also numerics the target changes (the DPU's leaky slope), so adapt reports the delta
+        return check_cfg(parse_cfg(self._cfg_path()), self.profile).failed(strict=True)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        upstream = stage_key("source", {"cfg": str(self._cfg_path()), "seed": self.recipe.seed, "size": self.recipe.img_size}, "", self._source_inputs())
+        art = self._source(upstream)
+        for index, (name, reason) in enumerate(self.plan()):
+            if reason is not None:
+                self.records.append(StageRecord(name, "skipped", reason=reason))
+                self.echo(f"[{name}] skipped: {reason}")
+                continue
+            folder = self.out / "stages" / f"{index:02d}-{name}"
+            params = self._params(name)
+            key = stage_key(name, params, upstream, self._inputs(art))
+            cached = self._cached(folder, key)
+            if cached is not None:
+                record, art = cached
+                self.echo(f"[{name}] cached ({key[:12]})")
+            else:
+                self.echo(f"[{name}] running")
+                t0 = time.perf_counter()
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+                try:
+                    art, metrics = getattr(self, f"_stage_{name}")(art, folder)
+                except BaseException:
+                    self.records.append(StageRecord(name, "failed", key=key))
+                    self._write_manifest(time.perf_counter() - start, failed=name)
+                    raise
+                record = StageRecord(name, "done", key, wall_s=round(time.perf_counter() - t0, 2), metrics=metrics)
+                record.outputs = self._outputs(art, folder)
+                atomic_write_text(folder / STAGE_FILE, json.dumps(asdict(record), indent=1, sort_keys=True))
+            self.records.append(record)
+            for k, v in record.metrics.items():
+                if k.startswith("command."):
+                    self.commands[k[len("command."):]] = v
+            upstream = key
+        return self._write_manifest(time.perf_counter() - start, final=art)
+
+    def _cached(self, folder: Path, key: str) -> tuple[StageRecord, Artifact] | None:
+        path = folder / STAGE_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("key") != key:
+            return None
+        outputs = data.get("outputs", {})
+        if not all((folder / rel).exists() for rel in outputs.values()):
+            return None
+        record = StageRecord(**{**data, "status": "cached"})
+        art = Artifact(folder if "model" in outputs else None, {k: str(folder / v) for k, v in outputs.items() if k != "model"})
+        if art.folder is None:
+            art.folder = self._last_model_folder()
+        return record, art
+
+    def _last_model_folder(self) -> Path | None:
+        for record in reversed(self.records):
+            if "model" in record.outputs:
+                return self.out / "stages" / record.outputs["model"]
+        return None
+
+    def _outputs(self, art: Artifact, folder: Path) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if art.folder is not None and art.folder.resolve() == folder.resolve():
+            out["model"] = "."
+        for role, path in art.files.items():
+            p = Path(path)
+            if p.resolve().is_relative_to(folder.resolve()):
+                out[role] = str(p.resolve().relative_to(folder.resolve()))
+        return out
+
+    # ------------------------------------------------------------------ inputs
+
+    def _cfg_path(self) -> Path:
+        from edgeyolo.model.zoo import resolve_cfg
+
+        return resolve_cfg(self.request.cfg or DEMO_CFG)
+
+    def _source_inputs(self) -> list[Path]:
+        paths = [self._cfg_path()]
+        if self.request.weights:
+            paths.append(Path(self.request.weights))
+        return paths
+
+    def _source(self, key: str) -> Artifact:
+        """The starting model as a model folder (cfg + safetensors) inside the build folder; written
+        once per key, so the stages after it see the same bytes."""
+        from edgeyolo.model.checkpoint import load_model, save_checkpoint
+        from edgeyolo.model.cfg import format_cfg
+
+        folder = self.out / "stages" / "source"
+        marker = folder / STAGE_FILE
+        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key:
+            return Artifact(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        model = load_model(self._cfg_path(), self.request.weights)
+        if self.request.weights is None:
+            from edgeyolo.contract import Contract, channel_order_for
+            from edgeyolo.model.init import calibration_batch, random_init, synthetic_images
+
+            size = self.recipe.img_size
+            contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels))
+            random_init(model, calibration_batch(contract, synthetic_images(8, size, size, self.recipe.seed)), seed=self.recipe.seed)
+        atomic_write_text(folder / MODEL_CFG, format_cfg(model.cfg))
+        save_checkpoint(model, folder / MODEL_WEIGHTS)
+        atomic_write_text(marker, json.dumps({"key": key}))
+        return Artifact(folder)
+
+    def _inputs(self, art: Artifact) -> list[Path]:
+        paths = [art.cfg, art.weights] if art.folder is not None else []
+        return paths + [Path(p) for p in art.files.values() if Path(p).is_file()]
+
+    def _params(self, name: str) -> dict[str, Any]:
+        r, req = self.recipe, self.request
+        common = {"img_size": r.img_size, "seed": r.seed, "data": req.data, "demo": req.demo}
+        by_stage: dict[str, dict[str, Any]] = {
+            "adapt": {"target": self.profile.name},
+            "train": {"epochs": r.train_epochs, "batch": r.batch_size, "device": req.train_device},
+            "sparse": {"epochs": r.sparse_epochs, "s": r.s, "mode": r.prune_mode, "penalty": r.sr_penalty, "batch": r.batch_size},
+            "prune": {"method": r.prune_method, "percent": r.percent, "multiple": self._multiple()},
+            "finetune": {"epochs": r.finetune_epochs, "kd": r.kd, "batch": r.batch_size},
+            "quantize": {"images": r.calib_images, "method": r.quant_method, "target": self.profile.name},
+            "export": {"target": self.profile.name, "precision": self.precision},
+            "deploy": {"device": req.device, "duration": r.bench_duration, "at": time.time()},  # always re-measured
+        }
+        return {**common, **by_stage[name]}
+
+    def _multiple(self) -> int:
+        return self.recipe.multiple or self.profile.channel_multiples[self.profile.check_precision(self.precision)]
+
+    def data(self) -> str:
+        if self.request.data:
+            return self.request.data
+        return str(self._demo_data())
+
+    def _demo_data(self) -> Path:
+        from edgeyolo.data.synth import make_synthetic
+        from edgeyolo.model.checkpoint import load_model
+
+        folder = self.out / "demo-data"
+        if not (folder / "data.yaml").exists():
+            classes = load_model(self._cfg_path()).num_classes
+            make_synthetic(folder, classes=classes, train=DEMO_TRAIN, val=DEMO_VAL, img_size=self.recipe.img_size, seed=0)
+        return folder / "data.yaml"
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate(self, cfg: Path, weights: Path) -> dict[str, Any]:
+        if not self.recipe.evaluate or not (self.request.data or self.request.demo):
+            return {}
+        from edgeyolo.data.formats import load_dataset
+        from edgeyolo.model.checkpoint import load_model
+        from edgeyolo.runtime.evaluate import evaluate_model
+
+        key = self.data()
+        if key not in self._dataset_cache:
+            dataset = load_dataset(key, "val")
+            if self.recipe.max_val_images:
+                dataset = dataclasses.replace(dataset, samples=dataset.samples[: self.recipe.max_val_images])
+            self._dataset_cache[key] = dataset
+        model = load_model(cfg, weights)
+        result = evaluate_model(model, self._dataset_cache[key], img_size=self.recipe.img_size).result
+        return {"map50": round(float(result.map50), 4), "map": round(float(result.map), 4), **_size_metrics(model, self.recipe.img_size)}
+
+    # ------------------------------------------------------------------ stages
+
+    def _stage_adapt(self, art: Artifact, folder: Path) -> tuple[Artifact, dict[str, Any]]:
+        from edgeyolo.model.checkpoint import load_model, save_checkpoint
+        from edgeyolo.targets.adapt import adapt_model_files
+
+        changes = adapt_model_files(self.profile, art.cfg, art.weights, folder, img_size=self.recipe.img_size)
+        save_checkpoint(load_model(folder / MODEL_CFG, folder / "model.weights"), folder / MODEL_WEIGHTS)
+        metrics: dict[str, Any] = {"changes": len(changes)}
+        before, after = self._evaluate(art.cfg, art.weights), self._evaluate(folder / MODEL_CFG, folder / MODEL_WEIGHTS)
+        if before and after:  # the accuracy the rewrite costs, before any fine-tuning
+            metrics["map50_before_adapt"] = before["map50"]
+        return Artifact(folder), {**metrics, **after}
+
+    def _train(self, art: Artifact, folder: Path, epochs: int, **extra: Any) -> tuple[Artifact, dict[str, Any]]:
+        from edgeyolo.model.cfg import format_cfg
+        from edgeyolo.model.checkpoint import load_model
+        from edgeyolo.train.trainer import TrainConfig, Trainer
+
+        r = self.recipe
+        config = TrainConfig(
+            data=self.data(), cfg=str(art.cfg), weights=str(art.weights), img_size=r.img_size, batch_size=r.batch_size,
+            epochs=epochs, device=self.request.train_device, out=str(folder), name="run", workers=r.workers, seed=r.seed,
+            cache=r.cache, max_val_images=r.max_val_images, **extra,
+        )
+        trainer = Trainer(config, run_dir=folder / "run", on_epoch=lambda rec: self.echo("  " + rec.line()))
+        history = trainer.fit()
+        best = folder / "run" / ("last.safetensors" if config.sparse else "best.safetensors")
+        if not best.exists():
+            best = folder / "run" / "last.safetensors"
+        model = load_model(None, best)
+        atomic_write_text(folder / MODEL_CFG, format_cfg(model.cfg))
+        shutil.copyfile(best, folder / MODEL_WEIGHTS)
+        last = history[-1] if history else {}
+        metrics: dict[str, Any] = {"epochs": epochs, "val_map50_last_epoch": last.get("map50")}
+        if config.sparse:
+            metrics["gamma_below_1e-2"] = last.get("sparsity", {}).get("frac_lt_1e-2")
+        return Artifact(folder), {**metrics, **self._evaluate(folder / MODEL_CFG, folder / MODEL_WEIGHTS)}
+
+    def _stage_train(self, art: Artifact, folder: Path):
+        return self._train(art, folder, self.recipe.train_epochs, pretrained=False)
+
+    def _stage_sparse(self, art: Artifact, folder: Path):
+        r = self.recipe
+        return self._train(art, folder, r.sparse_epochs, sparse=True, s=r.s, prune=r.prune_mode, sr_penalty=r.sr_penalty)
+
+    def _stage_finetune(self, art: Artifact, folder: Path):
+        extra: dict[str, Any] = {}
+        if self.recipe.kd is not None:
+            teacher = self._model_before_prune()
+            extra = {"t_cfg": str(teacher.cfg), "t_weights": str(teacher.weights), "kd_strategy": self.recipe.kd}
+        return self._train(art, folder, self.recipe.finetune_epochs, **extra)
+
+    def _model_before_prune(self) -> Artifact:
+        for record in reversed(self.records):
+            if record.name == "prune":
+                break
+            if "model" in record.outputs:
+                return Artifact(self.out / "stages" / record.outputs["model"])
+        return Artifact(self.out / "stages" / "source")
+
+    def _stage_prune(self, art: Artifact, folder: Path):
+        from edgeyolo.compress.prune import PruneConfig, parse_percent, prune
+        from edgeyolo.compress.prune.artifacts import write_artifacts
+        from edgeyolo.model.checkpoint import load_model
+
+        r = self.recipe
+        config = PruneConfig(r.prune_method, percent=parse_percent(str(r.percent)), multiple=self._multiple())
+        model = load_model(art.cfg, art.weights)
+        result = prune(model, config)
+        write_artifacts(result, folder)
+        return Artifact(folder), self._evaluate(folder / MODEL_CFG, folder / MODEL_WEIGHTS)
+
+    def _stage_quantize(self, art: Artifact, folder: Path):
+        from edgeyolo.compress.quant import QuantSpec, calibrate, prepare_qat, save_quantized
+        from edgeyolo.model.checkpoint import load_model
+
+        r = self.recipe
+        model = load_model(art.cfg, art.weights)
+        spec = QuantSpec(scheme="pow2" if self.profile.equal_scales else "affine", equal_scales=self.profile.equal_scales)
+        prepare_qat(model, spec)
+        calibrate(model, _calibration_batches(self.data(), r.img_size, r.calib_images, model.cfg.net.channels), method=r.quant_method)
+        save_quantized(model, folder / "quantized")
+        return Artifact(art.folder, {"quantized": str(folder / "quantized")}), {"scheme": spec.scheme}
+
+    def _stage_export(self, art: Artifact, folder: Path):
+        from edgeyolo.export.onnx import DEFAULT_OPSET
+        from edgeyolo.targets.check import check_onnx
+        from edgeyolo.targets.profiles import Family
+
+        r, p = self.recipe, self.profile
+        onnx_path = folder / "model.onnx"
+        opset = min(p.tensorrt.max_opset, DEFAULT_OPSET) if p.tensorrt else DEFAULT_OPSET
+        qdq = "quantized" in art.files
+        if qdq:
+            from edgeyolo.compress.quant import load_quantized
+            from edgeyolo.export.qdq import export_qdq
+
+            export_qdq(load_quantized(art.files["quantized"]), onnx_path, img_size=r.img_size, opset=min(opset, 13))
+        else:
+            from edgeyolo.export.onnx import export_onnx
+            from edgeyolo.model.checkpoint import load_model
+
+            export_onnx(load_model(art.cfg, art.weights), onnx_path, img_size=r.img_size, opset=opset)
+        report = check_onnx(onnx_path, p).raise_if_failed()
+        metrics: dict[str, Any] = {"onnx_sha256": file_sha256(onnx_path), "opset": opset, "check_findings": len(report.findings)}
+        if p.family is Family.JETSON:
+            from edgeyolo.targets.jetson.trtexec import trtexec_command
+
+            command = trtexec_command(p, onnx_path.name, "model.engine", self.precision, qdq=qdq)
+            metrics["command.engine"] = command.line
+        return Artifact(art.folder, {"onnx": str(onnx_path)}), metrics
+
+    def _stage_deploy(self, art: Artifact, folder: Path):
+        from edgeyolo.targets.runner import bench_on_device
+
+        result = bench_on_device(
+            self.request.device, Path(art.files["onnx"]), inventory=self.request.inventory,
+            duration=self.recipe.bench_duration, data=self.data() if (self.request.data or self.request.demo) else None,
+        )
+        (folder / "bench.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str), encoding="utf-8")
+        return Artifact(art.folder, {**art.files, "bench": str(folder / "bench.json")}), _flat_metrics(result)
+
+    # ------------------------------------------------------------------ manifest
+
+    def _write_manifest(self, wall_s: float, final: Artifact | None = None, failed: str | None = None) -> dict[str, Any]:
+        from edgeyolo import __version__
+
+        manifest = {
+            "edgeyolo": __version__,
+            "target": self.profile.name,
+            "precision": self.precision,
+            "demo": self.request.demo,
+            "request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.request).items() if k != "recipe"},
+            "recipe": self.recipe.to_dict(),
+            "stages": [asdict(r) for r in self.records],
+            "commands": self.commands,
+            "artifact": final.files.get("onnx") if final else None,
+            "failed": failed,
+            "wall_s": round(wall_s, 1),
+        }
+        atomic_write_text(self.out / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True, default=str))
+        atomic_write_text(self.out / REPORT_FILE, report_markdown(manifest))
+        return manifest
+
+
+DEMO_CFG = "edgeyolo-res"
+DEMO_TRAIN, DEMO_VAL = 64, 16
+
+
+def demo_recipe(**overrides: Any) -> Recipe:
+    """The embedded demo: a small zoo cfg trained briefly on the synthetic set (a smoke run, not a result)."""
+    base = {"img_size": 160, "train_epochs": 2, "sparse_epochs": 1, "finetune_epochs": 1, "percent": 0.3, "workers": 0, "calib_images": 16}
+    return Recipe(**{**base, **overrides})
+
+
+def _size_metrics(model, img_size: int) -> dict[str, Any]:
+    from edgeyolo.model.cfg import total_bflops
+
+    params = sum(p.numel() for p in model.parameters())
+    return {"params": params, "bflops": round(total_bflops(model.cfg, img_size), 3)}
+
+
+def _flat_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in result.items():
+        if isinstance(v, dict):
+            out.update(_flat_metrics(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _calibration_batches(data: str, img_size: int, images: int, channels: int):
+    """Letterboxed training-split images (never the val split) in batches of 8."""
+    import numpy as np
+    import torch
+
+    from edgeyolo.contract import Contract, channel_order_for
+    from edgeyolo.data.formats import load_dataset
+    from edgeyolo.model.io import read_image
+
+    contract = Contract(img_size, img_size, channel_order=channel_order_for(channels))
+    samples = load_dataset(data, "train").samples[:images]
+    batch: list = []
+    for sample in samples:
+        image = read_image(sample.image)
+        if image is None:
+            continue
+        batch.append(contract.preprocess(image)[0])
+        if len(batch) == 8:
+            yield torch.from_numpy(np.concatenate(batch))
+            batch = []
+    if batch:
+        yield torch.from_numpy(np.concatenate(batch))
+
+
+def report_markdown(manifest: dict[str, Any]) -> str:
+    lines = [
+        f"# edgeyolo build: {manifest['target']} ({manifest['precision']})",
+        "",
+    ]
+    if manifest.get("demo"):
+        lines += ["Embedded demo: a small zoo cfg briefly trained on the synthetic set — a smoke run, not a result.", ""]
+    lines += ["| stage | status | mAP@0.5 | params | BFLOPs | wall s | note |", "|---|---|---|---|---|---|---|"]
+    for s in manifest["stages"]:
+        m = s.get("metrics", {})
+        note = s.get("reason") or ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("map50", "map", "params", "bflops") and not k.startswith("command."))
+        lines.append(
+            f"| {s['name']} | {s['status']} | {m.get('map50', '')} | {m.get('params', '')} | {m.get('bflops', '')} | {s.get('wall_s') or ''} | {note} |"
+        )
+    if manifest.get("commands"):
+        lines += ["", "## Commands run on the board", ""]
+        lines += [f"- {name}: `{cmd}`" for name, cmd in manifest["commands"].items()]
+    if manifest.get("failed"):
+        lines += ["", f"**Failed at stage {manifest['failed']}.**"]
+    lines += ["", f"Artifact: `{manifest.get('artifact')}`; total wall time {manifest['wall_s']} s.", ""]
+    return "\n".join(lines)
