@@ -122,3 +122,112 @@ def safetensors_cmd(
     prov = _provenance(weights, random_init, seed)
     path = save_checkpoint(model, out, Provenance(prov["source_sha256"], prov["command"]))
     typer.echo(f"wrote {path}")
+
+
+@app.command("qdq")
+def qdq_cmd(
+    model: Path = typer.Option(..., "--model", help="Quantized-model folder written by `edgeyolo quantize`."),
+    out: Path = typer.Option(..., "--out", help="Output .onnx file."),
+    opset: int = typer.Option(13, "--opset", help="ONNX opset 13..17 (per-channel QuantizeLinear needs 13)."),
+    img_size: Optional[int] = ImgSizeOpt,
+    raw: bool = typer.Option(False, "--raw", help="One raw tensor per [yolo] layer instead of decoded [B, N, 5+C]."),
+) -> None:
+    """QuantizeLinear/DequantizeLinear ONNX for TensorRT explicit quantization, verified code for code."""
+    from edgeyolo.compress.quant import load_quantized
+    from edgeyolo.export.qdq import export_qdq
+    from edgeyolo.model.io import sha256_file
+
+    check_img_size(img_size)
+    quantized = load_quantized(model)
+    size = img_size or int(getattr(quantized, "quant_info", {}).get("img_size") or quantized.cfg.net.height)
+    prov = {"source_sha256": sha256_file(model / "model.safetensors"), "command": _command()}
+    result = export_qdq(quantized, out, size, opset=opset, raw=raw, provenance=prov)
+    typer.echo(
+        f"wrote {result.path} (opset {result.opset}, {result.quantize_nodes} QuantizeLinear, "
+        f"{result.weight_quantizers} weight quantizers); int8 codes equal to torch at every "
+        f"QuantizeLinear: min {result.min_code_match:.4%}"
+    )
+
+
+@app.command("bnfold")
+def bnfold_cmd(
+    cfg: str = CfgOpt,
+    out: Path = typer.Option(..., "--out", help="Output .onnx file."),
+    weights: Optional[Path] = WeightsOpt,
+    img_size: Optional[int] = ImgSizeOpt,
+    opset: int = typer.Option(13, "--opset", help="ONNX opset 11..17."),
+) -> None:
+    """Float ONNX with batch norm folded into the convs (checked against the unfolded model)."""
+    from edgeyolo.export.qdq import export_bnfold
+
+    check_img_size(img_size)
+    model = load_cli_model(cfg, weights, img_size=img_size)
+    size = img_size or model.cfg.net.height
+    result = export_bnfold(model, out, size, opset=opset, provenance=_provenance(weights, False, 0))
+    typer.echo(f"wrote {result.path} (BN folded, opset {result.opset}); onnxruntime vs torch max|Δ|/max|ref| = {result.max_rel_error:.2e}")
+
+
+# Used only when edgeyolo.targets.profiles is unavailable (deploy-targets.md §3b fingerprint table):
+# board -> ISA -> (fingerprint, DPU, max pool kernel). ISA1 = DPU IP 4.x (Vitis AI >= 2.5), ISA0 = VAI <= 2.0.
+_DPU_FALLBACK = {
+    "zcu104": {"ISA1": ("0x101000016010407", "DPUCZDX8G_ISA1_B4096", 256), "ISA0": ("0x1000020F6014407", "DPUCZDX8G_ISA0_B4096_MAX_BG2", 8)},
+    "ultra96": {"ISA1": ("0x101000016010404", "DPUCZDX8G_ISA1_B1600", 256), "ISA0": ("0x1000020F6014405", "DPUCZDX8G_ISA0_B2304_MAX_BG2", 8)},
+}
+
+
+def _dpu_arch(target: str, vai: str, fingerprint: Optional[str]):
+    """The board's DPU from its target profile (or the fallback table); ``--fingerprint`` overrides."""
+    from edgeyolo.errors import UsageError
+    from edgeyolo.export.vitis import DpuArch
+
+    key = target.strip().lower()
+    try:
+        from edgeyolo.targets.profiles import get_target
+    except ImportError:
+        if key not in _DPU_FALLBACK:
+            raise UsageError(f"--target {target}: expected one of {', '.join(_DPU_FALLBACK)}") from None
+        isa = "ISA1" if tuple(int(p) for p in vai.split(".")[:2]) >= (2, 5) else "ISA0"
+        fp, dpu, pool = _DPU_FALLBACK[key][isa]
+        return DpuArch(key, fingerprint or fp, f"{isa} {dpu}", pool, key)
+    profile = get_target(key)
+    if not profile.dpu_images:
+        raise UsageError(f"--target {target} has no Xilinx DPU; `export vitis` is for zcu104 and ultra96")
+    image = profile.dpu_image(vai)
+    return DpuArch(profile.name, fingerprint or image.fingerprint_hex, image.label, image.max_pool_kernel, profile.title)
+
+
+@app.command("vitis")
+def vitis_cmd(
+    target: str = typer.Option(..., "--target", help="zcu104 or ultra96."),
+    cfg: str = CfgOpt,
+    weights: Path = typer.Option(..., "--weights", help="darknet .weights, edgeyolo .safetensors or reference .pt."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration images (a folder, or a dataset's train split); never the images you evaluate on."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to create (must not exist or be empty)."),
+    images: int = typer.Option(200, "--images", help="Calibration images copied into the bundle (the first N, sorted)."),
+    img_size: Optional[int] = ImgSizeOpt,
+    vai: str = typer.Option("3.0", "--vai", help="Vitis AI release of the board image: 2.5 or 3.0."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name for the xmodel and prototxt (default: the cfg's stem)."),
+    fingerprint: Optional[str] = typer.Option(None, "--fingerprint", help="The board's DPU fingerprint from `xdputil query` (default: the profile's)."),
+    vitis_sim_map: Optional[float] = typer.Option(None, "--vitis-sim-map", help="mAP@0.5 measured with `quantize --vitis-sim`, written into the bundle README."),
+) -> None:
+    """Vitis AI bundle (standalone model.py, vai_q_pytorch + vai_c_xir scripts, prototxt) for a Xilinx DPU, verified."""
+    from edgeyolo.cli.quantize import _calib_images
+    from edgeyolo.export.vitis import VAI_IMAGES, export_vitis
+
+    check_img_size(img_size)
+    if vai not in VAI_IMAGES:
+        from edgeyolo.errors import UsageError
+
+        raise UsageError(f"--vai must be one of {', '.join(VAI_IMAGES)}, got '{vai}'")
+    arch = _dpu_arch(target, vai, fingerprint)
+    paths, _ = _calib_images(calib, max(images, 0) + 16)  # a few spares for unreadable files
+    model = load_cli_model(cfg, weights, img_size=img_size)
+    result = export_vitis(
+        model, out, arch, paths, images=images, img_size=img_size, vai=vai, name=name, calib_source=str(calib),
+        vitis_sim_map=vitis_sim_map, provenance=_provenance(weights, False, 0),
+    )
+    typer.echo(
+        f"wrote {result.path}/ ({', '.join(result.files)}; {result.calib_images} calibration images from {calib}) "
+        f"for {arch.target} {arch.label} fingerprint {arch.fingerprint}; model.py (traced) vs edgeyolo "
+        f"max|Δ|/max|ref| = {result.max_rel_error:.2e}\nnext: docker/vitis-ai/run.sh {result.path} --vai {vai}"
+    )

@@ -1,0 +1,201 @@
+"""``edgeyolo quantize``: post-training quantization into a folder (model.cfg, model.safetensors, quant.json)."""
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import typer
+
+from edgeyolo.cli.common import ImgSizeOpt, WeightsOpt, check_img_size, load_cli_model
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from edgeyolo.contract import Contract
+
+BATCH = 4  # images per calibration forward
+ANALYSIS_IMAGES = 4  # calibration images kept in memory for --analyze / --keep-float auto
+
+
+def _calib_images(calib: Path, limit: int) -> tuple[list[Path], str]:
+    """A folder of images, or a dataset's train split (never its val split)."""
+    from edgeyolo.errors import InputFileError
+    from edgeyolo.model.io import IMAGE_SUFFIXES
+
+    if not calib.exists():
+        raise InputFileError(f"--calib {calib}: not found; give a folder of images or a dataset (.data, .yaml, VOC root)")
+    if calib.is_dir():
+        images = sorted(p for p in calib.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if images:
+            return images[:limit], f"{min(len(images), limit)} images of folder {calib}"
+    from edgeyolo.data.formats import load_dataset
+
+    dataset = load_dataset(calib, "train")
+    images = [s.image for s in dataset.samples]
+    if not images:
+        raise InputFileError(f"--calib {calib}: the dataset's train split lists no images")
+    return images[:limit], f"{min(len(images), limit)} images of the train split of {calib} (calibration never uses a val split)"
+
+
+def _refuse_overlap(calib: list[Path], eval_images: list[Path], data: Path) -> None:
+    from edgeyolo.errors import UsageError
+
+    shared = {p.resolve() for p in calib} & {p.resolve() for p in eval_images}
+    if shared:
+        raise UsageError(
+            f"{len(shared)} of the {len(calib)} calibration images are also evaluation images of --data {data} "
+            f"(e.g. {sorted(shared)[0]}); calibrate on other images (the dataset's train split or a separate folder)"
+        )
+
+
+def _batches(paths: list[Path], contract: Contract, keep: list[Tensor]) -> Iterator[Tensor]:
+    import numpy as np
+    import torch
+
+    from edgeyolo.log import get_logger
+    from edgeyolo.model.io import read_image
+
+    log = get_logger(__name__)
+    blobs: list[np.ndarray] = []
+    for path in paths:
+        image = read_image(path)
+        if image is None:
+            log.warning("%s: not a readable image; skipped", path)
+            continue
+        blob = contract.preprocess(image)[0]
+        if len(keep) < ANALYSIS_IMAGES:
+            keep.append(torch.from_numpy(blob))
+        blobs.append(blob)
+        if len(blobs) == BATCH:
+            yield torch.from_numpy(np.concatenate(blobs))
+            blobs = []
+    if blobs:
+        yield torch.from_numpy(np.concatenate(blobs))
+
+
+def _parse_keep_float(text: Optional[str]) -> list[int] | str:
+    from edgeyolo.errors import UsageError
+
+    if text is None or not text.strip():
+        return []
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise UsageError(f"--keep-float takes 'auto' or comma-separated layer indices (e.g. 0,22), got {text!r}") from None
+
+
+def _db(value: float) -> str:
+    return "inf" if math.isinf(value) and value > 0 else f"{value:.1f}"
+
+
+def quantize(
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="darknet .cfg path or zoo name (optional with a .safetensors checkpoint)."),
+    weights: Optional[Path] = WeightsOpt,
+    calib: Path = typer.Option(..., "--calib", help="Calibration images: a folder of images, or a dataset (its train split is used)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: model.cfg, model.safetensors, quant.json."),
+    images: int = typer.Option(200, "--images", help="Calibration images to use (the first N, sorted)."),
+    method: str = typer.Option("minmax", "--method", help="Range choice: minmax | percentile | entropy | mse."),
+    pow2: bool = typer.Option(False, "--pow2", help="Per-tensor power-of-two scales (shift-only arithmetic)."),
+    vitis_sim: bool = typer.Option(False, "--vitis-sim", help="Simulate the Xilinx DPU exactly (pow2, narrow range, its rounding, leaky 26/256)."),
+    keep_float: Optional[str] = typer.Option(None, "--keep-float", help="Layers left in float: comma-separated indices, or 'auto' (the most sensitive)."),
+    analyze: bool = typer.Option(False, "--analyze", help="Per-layer SQNR (dB); with --data also the mAP@0.5 of quantizing one layer at a time."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Evaluation dataset (its val split) for mAP; never used for calibration."),
+    img_size: Optional[int] = ImgSizeOpt,
+) -> None:
+    """Calibrate activation ranges on images the model is not evaluated on, and write the quantized model."""
+    from edgeyolo.compress.quant import METHODS, QuantSpec, calibrate, prepare_qat, save_quantized, set_float_layers
+    from edgeyolo.compress.quant.analysis import analyze as run_analysis
+    from edgeyolo.compress.quant.analysis import auto_keep_float
+    from edgeyolo.contract import Contract, channel_order_for
+    from edgeyolo.errors import UsageError
+    from edgeyolo.log import track
+
+    check_img_size(img_size)
+    if method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
+    if images <= 0:
+        raise UsageError(f"--images must be positive, got {images}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    wanted_float = _parse_keep_float(keep_float)
+    spec = QuantSpec("pow2" if pow2 else "affine", vitis_sim=vitis_sim)
+    paths, described = _calib_images(calib, images)
+    dataset = None
+    if data is not None:
+        from edgeyolo.data.formats import load_dataset
+
+        dataset = load_dataset(data, "val")
+        _refuse_overlap(paths, [s.image for s in dataset.samples], data)
+    model = load_cli_model(cfg, weights, img_size=img_size)
+    size = img_size or model.cfg.net.height
+    contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels))
+    typer.echo(f"calibrating ({method}) on {described}")
+    prepare_qat(model, spec)
+    if isinstance(wanted_float, list):
+        set_float_layers(model, wanted_float)  # validate indices before the long calibration pass
+    kept: list = []
+    batches = _batches(paths, contract, kept)
+    seen = calibrate(model, track(batches, "calibrating", math.ceil(len(paths) / BATCH)), method)
+    if not kept:
+        raise UsageError(f"--calib {calib}: none of the {len(paths)} images could be read")
+
+    import torch
+
+    probe = [torch.cat(kept)]
+    reports = run_analysis(model, probe) if (analyze or wanted_float == "auto") else []
+    if wanted_float == "auto":
+        wanted_float = auto_keep_float({r.layer: r.solo_sqnr_db for r in reports})
+        typer.echo(f"--keep-float auto: keeping layers {wanted_float} in float (lowest one-layer SQNR)")
+    set_float_layers(model, wanted_float)
+    maps: dict[str, float] = {}
+    if analyze:
+        maps = _layer_maps(model, dataset, size, [r.layer for r in reports]) if dataset is not None else {}
+        typer.echo("layer  kind            output SQNR dB  one-layer SQNR dB" + ("  one-layer mAP@0.5" if maps else ""))
+        for r in reports:
+            extra = f"  {maps[str(r.layer)]:.4f}" if maps else ""
+            typer.echo(f"{r.layer:5d}  {r.kind:<14}  {_db(r.output_sqnr_db):>14}  {_db(r.solo_sqnr_db):>17}{extra}")
+        if maps:
+            typer.echo(f"mAP@0.5 float {maps['float']:.4f}, all quantized {maps['quantized']:.4f}")
+    info = {
+        "method": method,
+        "calibration": described,
+        "calibration_batches": seen,
+        "img_size": size,
+        "source": str(weights) if weights else str(cfg),
+        "command": "edgeyolo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "analysis": [r.__dict__ | {"map50": maps.get(str(r.layer))} for r in reports],
+        "map50": {k: v for k, v in maps.items() if k in ("float", "quantized")},
+    }
+    save_quantized(model, out, info)
+    kind = "vitis-sim (DPU)" if vitis_sim else spec.scheme
+    typer.echo(f"wrote {out}/ ({kind} int{spec.w_bit}, float layers {wanted_float or 'none'})")
+
+
+def _layer_maps(model, dataset, size: int, layers: list[int]) -> dict[str, float]:
+    """mAP@0.5 on the --data val split: float, all quantized, and each layer quantized alone."""
+    from edgeyolo.compress.quant.modules import float_layers, only_quantized, quant_layers
+    from edgeyolo.log import track
+    from edgeyolo.runtime.evaluate import evaluate_model
+
+    def score(which: list[int], label: str) -> float:
+        with only_quantized(model, which):
+            run = evaluate_model(
+                model, dataset, size, "torch",
+                progress=lambda items: track(items, f"eval {label}", len(dataset.samples)),
+            )
+        return run.result.map50
+
+    quantized = [i for i in quant_layers(model) if i not in set(float_layers(model))]
+    result = {"float": score([], "float"), "quantized": score(quantized, "quantized")}
+    for i in layers:
+        result[str(i)] = score([i], f"layer {i} quantized")
+    return result
+
+
+def register(app: typer.Typer) -> None:
+    app.command("quantize")(quantize)
