@@ -76,3 +76,35 @@ class TargetError(EdgeYoloError):
     """Something about a deployment target or board went wrong."""
 
     exit_code = 7
+
+
+class ConnectionFailed(TargetError):
+    """The board could not be reached (refused, unreachable, timed out, dropped)."""
+
+
+class HostKeyError(TargetError):
+    """The board's SSH host key is unknown or differs from the recorded one."""
+
+
+class AuthFailed(TargetError):
+    """The board refused the key or password."""
+
+
+class RemoteCommandError(TargetError):
+    """A command on the board exited non-zero; carries the command, exit code and stderr."""
+
+    def __init__(self, cmd: str, code: int, stderr: str, hint: str = ""):
+        self.cmd = cmd
+        self.code = code
+        self.stderr = stderr
+        tail = "\n".join(stderr.strip().splitlines()[-15:])
+        detail = f"\n{tail}" if tail else " (no stderr)"
+        super().__init__(f"remote command failed with exit code {code}: {cmd}{detail}" + (f"\n{hint}" if hint else ""))
+
+
+class RemoteTimeout(TargetError):
+    """A connect, command or transfer on the board took longer than its timeout."""
+
+
+class BoardBusy(TargetError):
+    """Another client holds the board's lock."""

@@ -218,6 +218,9 @@ class Build:
             "export": None,
             "deploy": None if req.device else "no --device named",
         }
+        if req.device and self.profile.family.value == "zynq":
+            skip["deploy"] = "the xmodel is compiled in the Vitis AI image (docker/vitis-ai/run.sh BUNDLE); then edgeyolo deploy"
+
         for name in ("train", "sparse", "finetune", "quantize"):
             if skip[name] is None and not has_data:
                 skip[name] = "needs --data"
@@ -380,10 +383,16 @@ class Build:
     # ------------------------------------------------------------------ evaluation
 
     def _evaluate(self, cfg: Path, weights: Path) -> dict[str, Any]:
-        if not self.recipe.evaluate or not (self.request.data or self.request.demo):
-            return {}
-        from edgeyolo.data.formats import load_dataset
         from edgeyolo.model.checkpoint import load_model
+
+        return self._evaluate_model(load_model(cfg, weights)) if self._evaluating() else {}
+
+    def _evaluating(self) -> bool:
+        return self.recipe.evaluate and bool(self.request.data or self.request.demo)
+
+    def _evaluate_model(self, model, backend: str = "onnxruntime") -> dict[str, Any]:
+        """mAP on the val split (the test command's evaluation), with the model's size."""
+        from edgeyolo.data.formats import load_dataset
         from edgeyolo.runtime.evaluate import evaluate_model
 
         key = self.data()
@@ -392,9 +401,8 @@ class Build:
             if self.recipe.max_val_images:
                 dataset = dataclasses.replace(dataset, samples=dataset.samples[: self.recipe.max_val_images])
             self._dataset_cache[key] = dataset
-        model = load_model(cfg, weights)
-        result = evaluate_model(model, self._dataset_cache[key], img_size=self.recipe.img_size).result
-        return {"map50": round(float(result.map50), 4), "map": round(float(result.map), 4), **_size_metrics(model, self.recipe.img_size)}
+        result = evaluate_model(model, self._dataset_cache[key], img_size=self.recipe.img_size, backend=backend).result
+        return {"map50": round(float(result.map50), 4), "map50_95": round(float(result.map50_95), 4), **_size_metrics(model, self.recipe.img_size)}
 
     # ------------------------------------------------------------------ stages
 
@@ -474,12 +482,20 @@ class Build:
         from edgeyolo.model.checkpoint import load_model
 
         r = self.recipe
+        from edgeyolo.targets.profiles import Family
+
         model = load_model(art.cfg, art.weights)
-        spec = QuantSpec(scheme="pow2" if self.profile.equal_scales else "affine", equal_scales=self.profile.equal_scales)
+        if self.profile.family is Family.ZYNQ:  # the DPU's own arithmetic, so the mAP predicts the board's
+            spec = QuantSpec(scheme="pow2", vitis_sim=True)
+        else:
+            spec = QuantSpec(scheme="pow2" if self.profile.equal_scales else "affine", equal_scales=self.profile.equal_scales)
         prepare_qat(model, spec)
         calibrate(model, _calibration_batches(self.data(), r.img_size, r.calib_images, model.cfg.net.channels), method=r.quant_method)
         save_quantized(model, folder / "quantized")
-        return Artifact(art.folder, {"quantized": str(folder / "quantized")}), {"scheme": spec.scheme}
+        metrics: dict[str, Any] = {"scheme": spec.scheme, "vitis_sim": spec.vitis_sim}
+        if self._evaluating():
+            metrics.update(self._evaluate_model(model.eval(), backend="torch"))
+        return Artifact(art.folder, {"quantized": str(folder / "quantized")}), metrics
 
     def _stage_export(self, art: Artifact, folder: Path):
         from edgeyolo.export.onnx import DEFAULT_OPSET
@@ -487,6 +503,8 @@ class Build:
         from edgeyolo.targets.profiles import Family
 
         r, p = self.recipe, self.profile
+        if p.family is Family.ZYNQ:
+            return self._export_vitis(art, folder)
         onnx_path = folder / "model.onnx"
         opset = min(p.tensorrt.max_opset, DEFAULT_OPSET) if p.tensorrt else DEFAULT_OPSET
         qdq = "quantized" in art.files
@@ -500,24 +518,62 @@ class Build:
             from edgeyolo.model.checkpoint import load_model
 
             export_onnx(load_model(art.cfg, art.weights), onnx_path, img_size=r.img_size, opset=opset)
-        report = check_onnx(onnx_path, p).raise_if_failed()
-        metrics: dict[str, Any] = {"onnx_sha256": file_sha256(onnx_path), "opset": opset, "check_findings": len(report.findings)}
-        if p.family is Family.JETSON:
+        metrics: dict[str, Any] = {"onnx_sha256": file_sha256(onnx_path), "opset": opset}
+        if p.family is Family.JETSON:  # what the board's TensorRT parses: opset, IR, operators
+            metrics["check_findings"] = len(check_onnx(onnx_path, p).raise_if_failed().findings)
             from edgeyolo.targets.jetson.trtexec import trtexec_command
 
             command = trtexec_command(p, onnx_path.name, "model.engine", self.precision, qdq=qdq)
             metrics["command.engine"] = command.line
         return Artifact(art.folder, {"onnx": str(onnx_path)}), metrics
 
-    def _stage_deploy(self, art: Artifact, folder: Path):
-        from edgeyolo.targets.runner import bench_on_device
+    def _export_vitis(self, art: Artifact, folder: Path):
+        """The Vitis AI bundle (quantized and compiled in the Vitis AI image, not here), with the
+        --vitis-sim mAP of the quantize stage as the expected on-board accuracy."""
+        from edgeyolo.data.formats import load_dataset
+        from edgeyolo.export.vitis import export_vitis
+        from edgeyolo.model.checkpoint import load_model
+        from edgeyolo.targets.profiles import dpu_arch
 
-        result = bench_on_device(
-            self.request.device, Path(art.files["onnx"]), inventory=self.request.inventory,
-            duration=self.recipe.bench_duration, data=self.data() if (self.request.data or self.request.demo) else None,
+        if not (self.request.data or self.request.demo):
+            raise UsageError(f"{self.profile.name}: the Vitis AI bundle needs calibration images; give --data (its train split is used)")
+        images = [s.image for s in load_dataset(self.data(), "train").samples[: self.recipe.calib_images + 16]]
+        expected = next((r.metrics.get("map50") for r in self.records if r.name == "quantize"), None)
+        result = export_vitis(
+            load_model(art.cfg, art.weights), folder / "vitis", dpu_arch(self.profile.name), images,
+            images=self.recipe.calib_images, img_size=self.recipe.img_size, calib_source=f"{self.data()} (train split)",
+            vitis_sim_map=expected,
         )
+        metrics = {"bundle": str(result.path), "vitis_sim_map50": expected, "traced_vs_model_rel_error": result.max_rel_error}
+        metrics["command.quantize+compile"] = f"docker/vitis-ai/run.sh {folder / 'vitis'} --vai 3.0"
+        return Artifact(art.folder, {"vitis": str(folder / "vitis")}), metrics
+
+    def _stage_deploy(self, art: Artifact, folder: Path):
+        from edgeyolo.targets.inventory import get_device
+        from edgeyolo.targets.runner import bench_device, predict_on_device
+        from edgeyolo.targets.transport import SshTransport
+
+        device = get_device(self.request.device, self.request.inventory)
+        if device.target not in ("generic", self.profile.name):
+            raise UsageError(f"device '{device.name}' is a {device.target} board but the build is for --target {self.profile.name}")
+        model = Path(art.files["onnx"])
+        with SshTransport(device, on_stderr=lambda line: self.echo(f"  [{device.name}] {line}")) as transport:
+            bench = bench_device(transport, model, duration=self.recipe.bench_duration, warmup=1.0)
+            result = bench.to_dict()
+            if bench.error is None and (self.request.data or self.request.demo):
+                from edgeyolo.data.formats import load_dataset
+
+                evaluation = predict_on_device(transport, model, load_dataset(self.data(), "val"), "coco")
+                result["accuracy"] = evaluation.result.to_dict()
         (folder / "bench.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str), encoding="utf-8")
-        return Artifact(art.folder, {**art.files, "bench": str(folder / "bench.json")}), _flat_metrics(result)
+        metrics: dict[str, Any] = {"device": device.name, "partial": bench.partial}
+        for phase in bench.phases:
+            metrics[f"fps_{phase.streams}_streams"] = round(phase.fps, 2)
+            metrics[f"latency_p50_ms_{phase.streams}_streams"] = phase.latency_ms.p50
+        if "accuracy" in result:  # scored on the host from the board's detections
+            metrics["board_map50"] = round(float(result["accuracy"]["map50"]), 4)
+            metrics["board_map50_95"] = round(float(result["accuracy"]["map50_95"]), 4)
+        return Artifact(art.folder, {**art.files, "bench": str(folder / "bench.json")}), metrics
 
     # ------------------------------------------------------------------ manifest
 
@@ -533,7 +589,7 @@ class Build:
             "recipe": self.recipe.to_dict(),
             "stages": [asdict(r) for r in self.records],
             "commands": self.commands,
-            "artifact": final.files.get("onnx") if final else None,
+            "artifact": (final.files.get("onnx") or final.files.get("vitis")) if final else None,
             "failed": failed,
             "wall_s": round(wall_s, 1),
         }
@@ -557,16 +613,6 @@ def _size_metrics(model, img_size: int) -> dict[str, Any]:
 
     params = sum(p.numel() for p in model.parameters())
     return {"params": params, "bflops": round(total_bflops(model.cfg, img_size), 3)}
-
-
-def _flat_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in result.items():
-        if isinstance(v, dict):
-            out.update(_flat_metrics(v, f"{prefix}{k}."))
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _calibration_batches(data: str, img_size: int, images: int, channels: int):
@@ -603,7 +649,7 @@ def report_markdown(manifest: dict[str, Any]) -> str:
     lines += ["| stage | status | mAP@0.5 | params | BFLOPs | wall s | note |", "|---|---|---|---|---|---|---|"]
     for s in manifest["stages"]:
         m = s.get("metrics", {})
-        note = s.get("reason") or ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("map50", "map", "params", "bflops") and not k.startswith("command."))
+        note = s.get("reason") or ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("map50", "map50_95", "params", "bflops") and not k.startswith("command."))
         lines.append(
             f"| {s['name']} | {s['status']} | {m.get('map50', '')} | {m.get('params', '')} | {m.get('bflops', '')} | {s.get('wall_s') or ''} | {note} |"
         )

@@ -74,3 +74,26 @@ def test_build_cli_dry_run_lists_stages(tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 0
     assert "deploy    skip: no --device named" in text and "export    run" in text
     assert not (tmp_path / "b").exists()
+
+
+def test_zcu104_build_adapts_quantizes_like_the_dpu_and_writes_a_vitis_bundle(tmp_path: Path) -> None:
+    from edgeyolo.data.synth import make_synthetic
+
+    data = make_synthetic(tmp_path / "synth", classes=12, train=16, val=6, img_size=64, seed=0).data_yaml
+    out = tmp_path / "build"
+    recipe = _recipe(calib_images=8, percent="auto", evaluate=True)
+    manifest = Build(BuildRequest(target="zcu104", out=out, cfg="edgeyolo-res", data=str(data), recipe=recipe, device="zcu")).run()
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert manifest["precision"] == "int8"
+    # edgeyolo-res has a CSP channel split the DPU cannot run: adapt rewrites it (exactly) first
+    assert stages["adapt"]["status"] == "done" and stages["adapt"]["metrics"]["changes"] >= 1
+    adapted = (out / "stages" / "00-adapt" / "model.cfg").read_text()
+    assert "groups=2" not in adapted.replace(" ", "")
+    kept = [r["filters_after"] for r in json.loads((out / "stages" / "03-prune" / "prune_report.json").read_text())["layers"] if r["status"] == "pruned"]
+    assert kept and all(k % 16 == 0 for k in kept)  # the B4096 DPU's channel multiple
+    q = stages["quantize"]["metrics"]
+    assert q["scheme"] == "pow2" and q["vitis_sim"] is True and 0.0 <= q["map50"] <= 1.0
+    bundle = Path(manifest["artifact"])
+    assert (bundle / "model.py").is_file() and json.loads((bundle / "arch.json").read_text())["fingerprint"] == "0x101000016010407"
+    assert "docker/vitis-ai/run.sh" in manifest["commands"]["quantize+compile"]
+    assert stages["deploy"]["status"] == "skipped" and "Vitis AI image" in stages["deploy"]["reason"]

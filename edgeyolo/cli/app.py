@@ -40,15 +40,20 @@ def _root(
 
 
 def _register() -> None:
-    from edgeyolo.cli import bench, data, detect, export, info, prune, synth, test, train
+    from edgeyolo.cli import bench, build, data, detect, device, export, info, prune, quantize, results, synth, targets, test, train
 
     info.register(app)
     detect.register(app)
     test.register(app)
     train.register(app)
     prune.register(app)
+    quantize.register(app)
+    build.register(app)
+    targets.register(app)  # targets list|show, check, adapt
+    device.register(app)  # deploy, doctor
     app.add_typer(export.app, name="export")
     app.add_typer(bench.app, name="bench")
+    app.add_typer(results.app, name="results")
     data.app.command("synth")(synth.synth)
     app.add_typer(data.app, name="data")
 
@@ -60,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="edgeyolo", standalone_mode=False)
+        code = app(args=args, prog_name="edgeyolo", standalone_mode=False)
+        if isinstance(code, int):  # ``raise typer.Exit(n)`` in a command: click returns n here
+            return code
     except _EXIT as exc:
         return exc.exit_code
     except _ABORT:

@@ -263,3 +263,119 @@ def prune_accuracy(
             "",
         )
     Console(width=150).print(table)
+
+
+@app.command("latency-prune")
+def latency_prune(
+    cfg: str = typer.Option("edgeyolo-res", "--cfg", help="darknet .cfg or zoo name."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Trained (ideally sparse-trained) weights."),
+    random_init: bool = typer.Option(False, "--random-init", help="Calibrated random weights instead of --weights."),
+    img_size: int = typer.Option(256, "--img-size", "--img_size", help="Square input size (multiple of 32)."),
+    targets: Optional[str] = typer.Option(None, "--targets", help="Comma-separated fractions of the unpruned latency, e.g. 0.8,0.65,0.5."),
+    target_ms: Optional[str] = typer.Option(None, "--target-ms", help="Comma-separated latency targets in ms (this host)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset whose val split is scored (mAP@0.5)."),
+    multiple: int = typer.Option(8, "--multiple", help="Kept widths are multiples of N."),
+    mode: str = typer.Option("normal", "--mode", help="normal (independent convs) | slim (residual groups too)."),
+    runs: int = typer.Option(30, "--runs", help="Timed runs per model (interleaved)."),
+    threads: int = typer.Option(2, "--threads", help="onnxruntime threads."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Folder for the per-layer latency table (JSON)."),
+    match_rounds: int = typer.Option(2, "--match-rounds", help="Measured corrections of each baseline's latency (1: match the prediction only)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Latency-targeted pruning vs uniform-width and global-threshold pruning at equal latency (onnxruntime)."""
+    import dataclasses
+
+    from rich.console import Console
+
+    from edgeyolo.bench.latency import latency_prune_bench
+    from edgeyolo.errors import UsageError
+    from edgeyolo.log import track
+
+    check_img_size(img_size)
+    if runs <= 0 or threads <= 0:
+        raise UsageError("--runs and --threads must be positive")
+
+    def numbers(text: Optional[str], flag: str) -> list[float]:
+        try:
+            return [float(t) for t in text.split(",") if t.strip()] if text else []
+        except ValueError:
+            raise UsageError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+    fractions, ms = numbers(targets, "--targets"), numbers(target_ms, "--target-ms")
+    if not fractions and not ms:
+        raise UsageError("give --targets 0.8,0.65,0.5 (fractions of the unpruned latency) or --target-ms")
+    model = load_cli_model(cfg, weights, random_init=random_init, img_size=img_size)
+    dataset = None
+    if data is not None:
+        from edgeyolo.data.formats import load_dataset
+
+        dataset = load_dataset(data, "val")
+    bench = latency_prune_bench(
+        model, img_size, fractions, ms, multiple, mode, threads, runs, dataset, cache_dir=cache, match_rounds=match_rounds,
+        progress=lambda r: track(r, "bench latency-prune"),
+    )
+    table = bench.table
+    if as_json:
+        rows = [{**dataclasses.asdict(r), "ratio": r.ratio, "error": r.error} for r in (bench.unpruned, *bench.rows)]
+        payload = {
+            "cfg": cfg, "img_size": img_size, "threads": threads, "mode": mode, "multiple": multiple,
+            "table": {"seconds": table.seconds, "samples": len(table.samples), "fit_error": table.fit_error, "full_ms": table.full_ms},
+            "rows": rows, "refused": bench.refused,
+            "widths": {f"{r.target_ms:.3f}": {str(i): w for i, w in r.widths.items()} for r in bench.results},
+        }
+        typer.echo(json.dumps(payload, indent=1))
+        return
+    scored = data is not None
+    out = _table(
+        f"latency-targeted pruning: {cfg} @ {img_size}, mode {mode}, onnxruntime {threads} threads, {runs} interleaved runs",
+        ("target", "method", "setting", "pred ms", "meas ms (×unpruned)", "error", "params", "BFLOPs") + (("mAP@0.5",) if scored else ()),
+        left=("target", "method", "setting"),
+    )
+    u = bench.unpruned
+    out.add_row(
+        "", "unpruned", "", f"{u.predicted_ms:.2f}", f"{u.measured_ms:.2f}", "", f"{u.params / 1e6:.2f}M", f"{u.bflops:.3f}",
+        *((f"{u.map50:.3f}",) if scored else ()),
+    )
+    for r in bench.rows:
+        out.add_row(
+            r.target if r.method == "latency" else "",
+            r.method,
+            r.setting,
+            f"{r.predicted_ms:.2f}",
+            f"{r.measured_ms:.2f} ({r.ratio:.3f})",
+            f"{100 * r.error:+.1f}%" if r.method == "latency" else f"{100 * (r.ratio - r.target_ratio) / r.target_ratio:+.1f}%",
+            f"{r.params / 1e6:.2f}M",
+            f"{r.bflops:.3f}",
+            *((f"{r.map50:.3f}",) if scored else ()),
+        )
+    console = Console(width=160)
+    console.print(out)
+    console.print(
+        f"table: {len(table.samples)} width samples in {table.seconds:.1f} s, prediction within {100 * table.fit_error:.0f}% of them; "
+        "pred ms on the table's clock; error = measured / unpruned vs the requested fraction (medians, models interleaved)"
+    )
+    for label, why in bench.refused.items():
+        console.print(f"target {label}: {why}")
+
+
+@app.command("suite")
+def suite(
+    preset: str = typer.Option("smoke", "--preset", help="smoke (minutes; not representative) | full (the published table)."),
+    out: Path = typer.Option(..., "--out", help="Folder: data/, runs/, prune/, quant/, suite.json, suite.md."),
+    as_json: bool = typer.Option(False, "--json", help="Print suite.json instead of the table."),
+) -> None:
+    """The compression table end to end on the synthetic set: every row an edgeyolo command, measured alike."""
+    from edgeyolo.bench.suite import SUITE_FILE, TABLE_FILE, Suite, get_preset
+    from edgeyolo.cli.app import main
+
+    chosen = get_preset(preset)
+    if not chosen.representative:
+        typer.echo("smoke preset: checks the plumbing end to end; its numbers are not representative")
+    Suite(chosen, out, run=main, echo=(lambda _: None) if as_json else typer.echo).run()
+    typer.echo((out / (SUITE_FILE if as_json else TABLE_FILE)).read_text(encoding="utf-8"))
+
+
+from edgeyolo.cli.device import bench_deploy_throughput, bench_device  # noqa: E402 - board commands live with deploy
+
+app.command("device")(bench_device)
+app.command("deploy-throughput")(bench_deploy_throughput)

@@ -167,35 +167,6 @@ def bnfold_cmd(
     typer.echo(f"wrote {result.path} (BN folded, opset {result.opset}); onnxruntime vs torch max|Δ|/max|ref| = {result.max_rel_error:.2e}")
 
 
-# Used only when edgeyolo.targets.profiles is unavailable (deploy-targets.md §3b fingerprint table):
-# board -> ISA -> (fingerprint, DPU, max pool kernel). ISA1 = DPU IP 4.x (Vitis AI >= 2.5), ISA0 = VAI <= 2.0.
-_DPU_FALLBACK = {
-    "zcu104": {"ISA1": ("0x101000016010407", "DPUCZDX8G_ISA1_B4096", 256), "ISA0": ("0x1000020F6014407", "DPUCZDX8G_ISA0_B4096_MAX_BG2", 8)},
-    "ultra96": {"ISA1": ("0x101000016010404", "DPUCZDX8G_ISA1_B1600", 256), "ISA0": ("0x1000020F6014405", "DPUCZDX8G_ISA0_B2304_MAX_BG2", 8)},
-}
-
-
-def _dpu_arch(target: str, vai: str, fingerprint: Optional[str]):
-    """The board's DPU from its target profile (or the fallback table); ``--fingerprint`` overrides."""
-    from edgeyolo.errors import UsageError
-    from edgeyolo.export.vitis import DpuArch
-
-    key = target.strip().lower()
-    try:
-        from edgeyolo.targets.profiles import get_target
-    except ImportError:
-        if key not in _DPU_FALLBACK:
-            raise UsageError(f"--target {target}: expected one of {', '.join(_DPU_FALLBACK)}") from None
-        isa = "ISA1" if tuple(int(p) for p in vai.split(".")[:2]) >= (2, 5) else "ISA0"
-        fp, dpu, pool = _DPU_FALLBACK[key][isa]
-        return DpuArch(key, fingerprint or fp, f"{isa} {dpu}", pool, key)
-    profile = get_target(key)
-    if not profile.dpu_images:
-        raise UsageError(f"--target {target} has no Xilinx DPU; `export vitis` is for zcu104 and ultra96")
-    image = profile.dpu_image(vai)
-    return DpuArch(profile.name, fingerprint or image.fingerprint_hex, image.label, image.max_pool_kernel, profile.title)
-
-
 @app.command("vitis")
 def vitis_cmd(
     target: str = typer.Option(..., "--target", help="zcu104 or ultra96."),
@@ -213,13 +184,14 @@ def vitis_cmd(
     """Vitis AI bundle (standalone model.py, vai_q_pytorch + vai_c_xir scripts, prototxt) for a Xilinx DPU, verified."""
     from edgeyolo.cli.quantize import _calib_images
     from edgeyolo.export.vitis import VAI_IMAGES, export_vitis
+    from edgeyolo.targets.profiles import dpu_arch
 
     check_img_size(img_size)
     if vai not in VAI_IMAGES:
         from edgeyolo.errors import UsageError
 
         raise UsageError(f"--vai must be one of {', '.join(VAI_IMAGES)}, got '{vai}'")
-    arch = _dpu_arch(target, vai, fingerprint)
+    arch = dpu_arch(target, vai, fingerprint)
     paths, _ = _calib_images(calib, max(images, 0) + 16)  # a few spares for unreadable files
     model = load_cli_model(cfg, weights, img_size=img_size)
     result = export_vitis(

@@ -226,6 +226,19 @@ def get_target(name: str) -> TargetProfile:
     return TARGETS.get(key)
 
 
+def dpu_arch(target: str, vai: str | None = None, fingerprint: str | None = None):
+    """The DPU an ``export vitis`` bundle is compiled for (``edgeyolo.export.vitis.DpuArch``), from
+    the target's board image for Vitis AI ``vai``; ``fingerprint`` (read with ``xdputil query`` on the
+    board) overrides the profile's."""
+    from edgeyolo.export.vitis import DpuArch  # lazily: targets imports without torch
+
+    profile = get_target(target)
+    if not profile.dpu_images:
+        raise UsageError(f"--target {target} has no Xilinx DPU; `export vitis` is for zcu104 and ultra96")
+    image = profile.dpu_image(vai)
+    return DpuArch(profile.name, fingerprint or image.fingerprint_hex, image.label, image.max_pool_kernel, profile.title)
+
+
 def list_targets() -> list[TargetProfile]:
     return [TARGETS.get(n) for n in TARGETS.names()]
 

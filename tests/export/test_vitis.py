@@ -334,13 +334,12 @@ def test_cli_writes_a_bundle(tiny_weights, photos, tmp_path, capsys):
     assert f"docker/vitis-ai/run.sh {out} --vai 3.0" in capsys.readouterr().out
 
 
-def test_cli_fallback_table_matches_the_profiles():
-    from edgeyolo.cli.export import _DPU_FALLBACK, _dpu_arch
+def test_dpu_arch_comes_from_the_target_profile():
+    from edgeyolo.targets.profiles import dpu_arch
 
-    for board in ("zcu104", "ultra96"):
-        arch = _dpu_arch(board, "3.0", None)
-        assert arch.fingerprint == _DPU_FALLBACK[board]["ISA1"][0]
-        assert arch.max_pool_kernel == _DPU_FALLBACK[board]["ISA1"][2]
-    assert _dpu_arch("zcu104", "2.5", "0x101000056010407").fingerprint == "0x101000056010407"
+    assert dpu_arch("zcu104", "3.0").fingerprint == "0x101000016010407"  # ISA1 B4096 (deploy-targets.md §3b)
+    assert dpu_arch("zcu104", "2.0").max_pool_kernel == 8  # ISA0: pool kernels up to 8
+    assert dpu_arch("ultra96", "3.0").fingerprint == "0x101000016010404"
+    assert dpu_arch("zcu104", "2.5", "0x101000056010407").fingerprint == "0x101000056010407"
     with pytest.raises(UsageError, match="no Xilinx DPU"):
-        _dpu_arch("jetson-nano", "3.0", None)
+        dpu_arch("jetson-nano", "3.0")

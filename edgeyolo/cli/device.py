@@ -1,0 +1,179 @@
+"""``edgeyolo deploy``, ``edgeyolo doctor`` and ``edgeyolo bench device`` / ``bench deploy-throughput``."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+DeviceOpt = typer.Option(..., "--device", "-d", help="Device name in the inventory (devices.yaml).")
+InventoryOpt = typer.Option(
+    None, "--inventory", help="devices.yaml (default: $EDGEYOLO_DEVICES, ./devices.yaml, ~/.config/edgeyolo/devices.yaml)."
+)
+TrustOpt = typer.Option(
+    False, "--trust-new-host-key", help="Accept and record an unknown or changed host key (verify its fingerprint first)."
+)
+
+
+def _connect(device: str, inventory: Optional[Path], trust: bool):
+    from edgeyolo.targets.inventory import get_device
+    from edgeyolo.targets.transport import SshTransport
+
+    def remote_log(line: str) -> None:
+        typer.secho(f"  [{device}] {line}", err=True, dim=True)
+
+    return SshTransport(get_device(device, inventory), trust_new_host_key=trust, on_stderr=remote_log)
+
+
+def _progress():
+    """A per-file byte counter on a TTY, nothing otherwise."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\r  {done / 1e6:8.1f} / {total / 1e6:.1f} MB")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def deploy(
+    artifacts: List[Path] = typer.Argument(..., help="Model files (.onnx/.engine/.xmodel) or bundle folders."),
+    device: str = DeviceOpt,
+    inventory: Optional[Path] = InventoryOpt,
+    trust_new_host_key: bool = TrustOpt,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Copy artifacts (and the agent) to the board: unchanged files cost 0 bytes; a dropped upload resumes."""
+    from edgeyolo.targets.runner import deploy as run_deploy
+
+    with _connect(device, inventory, trust_new_host_key) as transport:
+        report = run_deploy(transport, artifacts, progress=_progress())
+    if as_json:
+        typer.echo(json.dumps({"device": device, **report.to_dict()}, indent=1))
+        return
+    for u in report.uploads:
+        state = "unchanged" if u.skipped else f"resumed at {_size(u.resumed_from)}" if u.resumed_from else "uploaded"
+        typer.echo(f"{state:>22}  {_size(u.size):>9}  {u.remote}")
+    typer.echo(f"{device}: {len(report.uploads)} files, {report.unchanged} unchanged, {_size(report.bytes_sent)} sent in {report.seconds:.1f} s")
+
+
+def doctor(
+    device: str = DeviceOpt,
+    inventory: Optional[Path] = InventoryOpt,
+    trust_new_host_key: bool = TrustOpt,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """What the board has for deploying and benchmarking: one line per tool, ok / missing / warn."""
+    from edgeyolo.targets.runner import doctor as run_doctor
+
+    with _connect(device, inventory, trust_new_host_key) as transport:
+        checks = run_doctor(transport)
+    if as_json:
+        typer.echo(json.dumps([c.__dict__ for c in checks], indent=1))
+        return
+    colours = {"ok": "green", "missing": "yellow", "warn": "red"}
+    for c in checks:
+        typer.echo(f"{typer.style(f'{c.status:>7}', fg=colours.get(c.status))}  {c.name:<20} {c.detail}")
+
+
+def _fmt(value: Optional[float], spec: str = ".1f") -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def bench_device(
+    device: str = DeviceOpt,
+    model: Path = typer.Option(..., "--model", help="Model file (.onnx/.engine/.xmodel) or a bundle folder."),
+    duration: float = typer.Option(30.0, "--duration", help="Timed seconds per phase (1 stream, then N)."),
+    warmup: float = typer.Option(3.0, "--warmup", help="Untimed seconds before each phase."),
+    threads: int = typer.Option(0, "--threads", help="Streams of the second phase (0: min(4, board CPUs))."),
+    ort_threads: int = typer.Option(0, "--ort-threads", help="onnxruntime intra-op threads on the board (0: its default)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Images to time on (default: seeded noise)."),
+    map_data: Optional[Path] = typer.Option(None, "--map", help="Also score mAP on this dataset's val split (host-side)."),
+    metric: str = typer.Option("coco", "--metric", help="coco | voc07 | voc12 (with --map)."),
+    inventory: Optional[Path] = InventoryOpt,
+    trust_new_host_key: bool = TrustOpt,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Deploy and time a model on a board: FPS (1 and N streams), latency p50/p90/p99, pre/infer/post, power."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeyolo.errors import TargetError
+    from edgeyolo.targets.runner import bench_device as run_bench
+    from edgeyolo.targets.runner import predict_on_device
+
+    with _connect(device, inventory, trust_new_host_key) as transport:
+        log = transport.on_stderr
+        result = run_bench(transport, model, duration, warmup, threads, ort_threads, images, on_log=log, progress=_progress())
+        evaluation = None
+        if map_data is not None and result.error is None:
+            from edgeyolo.data.formats import load_dataset
+
+            evaluation = predict_on_device(transport, model, load_dataset(map_data, "val"), metric, on_log=log)
+    payload = result.to_dict()
+    if evaluation is not None:
+        payload["accuracy"] = {"data": str(map_data), "metric": metric, "skipped": evaluation.skipped, **evaluation.result.to_dict()}
+    if as_json:
+        typer.echo(json.dumps(payload, indent=1, default=str))
+    else:
+        size = "x".join(map(str, result.input_size))
+        table = Table(title=f"{device}: {Path(result.model).name} on {result.backend} {result.runtime_version} @ {size}"
+                      + (f", {result.power_mode}" if result.power_mode else ""))
+        for col in ("streams", "frames", "FPS", "latency ms p50 / p90 / p99", "pre / infer / post ms", "W", "FPS/W"):
+            table.add_column(col, justify="right")
+        for p in result.phases:
+            table.add_row(
+                str(p.streams), str(p.frames) + ("" if p.complete else " (partial)"), f"{p.fps:.1f}",
+                f"{_fmt(p.latency_ms.p50)} / {_fmt(p.latency_ms.p90)} / {_fmt(p.latency_ms.p99)}",
+                f"{_fmt(p.pre_ms, '.2f')} / {_fmt(p.infer_ms, '.2f')} / {_fmt(p.post_ms, '.2f')}",
+                _fmt(p.power_w, ".2f"), _fmt(p.fps_per_w, ".2f"),
+            )
+        console = Console(width=140)
+        console.print(table)
+        d = result.deploy
+        if d is not None:
+            console.print(f"deploy: {d.unchanged}/{len(d.uploads)} files unchanged, {_size(d.bytes_sent)} sent; results in {result.results_file} on the board")
+        if evaluation is not None:
+            r = evaluation.result
+            console.print(f"{metric} on {map_data} (scored on the host, {r.num_images} images): mAP@0.5 {r.map50:.4f}   mAP@0.5:0.95 {r.map50_95:.4f}")
+    if result.error is not None:
+        typer.echo(f"warning: the run did not finish; the table shows what was timed before: {result.error}", err=True)
+        raise typer.Exit(TargetError.exit_code)
+
+
+def bench_deploy_throughput(
+    device: str = DeviceOpt,
+    size_mb: int = typer.Option(128, "--size-mb", help="Size of the random payload."),
+    inventory: Optional[Path] = InventoryOpt,
+    trust_new_host_key: bool = TrustOpt,
+) -> None:
+    """Upload speed of edgeyolo's SFTP transport vs scp on the same link (not a test: prints a table)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeyolo.targets.runner import upload_throughput
+
+    with _connect(device, inventory, trust_new_host_key) as transport:
+        rows = upload_throughput(transport, size_mb)
+    table = Table(title=f"upload of {size_mb} MB to {device}")
+    for col in ("method", "seconds", "MB/s"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(r.method, f"{r.seconds:.2f}", f"{r.mb_per_s:.0f}" if r.megabytes else "—")
+    Console(width=120).print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy)
+    app.command("doctor")(doctor)

@@ -1,0 +1,561 @@
+"""Deploy, bench and doctor a board, written against the :class:`Transport` protocol only.
+
+What runs on the board is ``agent.py`` (uploaded with every deploy, skipped when unchanged); what it
+writes is JSON lines, read back even when the agent died, so a crash mid-benchmark still reports
+the frames it timed. Accuracy is scored here, on the host, with the same metrics code as
+``edgeyolo test``: the board only returns detections.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgeyolo.errors import ConnectionFailed, InputFileError, RemoteCommandError, RemoteTimeout, TargetError, UsageError
+from edgeyolo.targets.transport import BoardLock, LineSink, Progress, Transport, Upload
+
+log = logging.getLogger(__name__)
+
+AGENT = "agent.py"
+MODELS = "models"
+RUNS = "runs"
+DATA = "data"
+MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".trt", ".xmodel")
+SIDECAR = ".edgeyolo.json"
+
+
+def agent_source() -> Path:
+    return Path(__file__).with_name("agent.py")
+
+
+# ------------------------------------------------------------------------------------ deploy
+
+
+@dataclass
+class DeployReport:
+    uploads: list[Upload] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(u.sent for u in self.uploads)
+
+    @property
+    def unchanged(self) -> int:
+        return sum(u.skipped for u in self.uploads)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bytes_sent": self.bytes_sent, "unchanged": self.unchanged, "seconds": self.seconds,
+                "files": [asdict(u) for u in self.uploads]}
+
+
+def read_onnx_metadata(path: Path) -> dict[str, str]:
+    """The edgeyolo metadata of an ONNX file (onnx only; no torch on this path)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError & co.
+        raise InputFileError(f"{path}: not a readable ONNX file ({exc})") from None
+    return {p.key: p.value for p in proto.metadata_props if p.key.startswith("edgeyolo.")}
+
+
+def deploy_plan(artifacts: Sequence[str | Path], staging: Path) -> list[tuple[Path, str]]:
+    """(local file, remote path relative to the workdir) for the agent and every artifact. A folder
+    (a bundle) keeps its layout under ``models/<folder>/``; every ONNX file gets a sidecar with its
+    contract, which engines and xmodels built from it on the board pick up by stem."""
+    plan: list[tuple[Path, str]] = [(agent_source(), AGENT)]
+    for item in artifacts:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            if not files:
+                raise InputFileError(f"{path}: the folder is empty; nothing to deploy")
+            pairs = [(f, f"{MODELS}/{path.name}/{f.relative_to(path).as_posix()}") for f in files]
+        elif path.is_file():
+            pairs = [(path, f"{MODELS}/{path.name}")]
+        else:
+            raise InputFileError(f"{path}: no such file or folder to deploy")
+        for local, remote in pairs:
+            plan.append((local, remote))
+            if local.suffix.lower() == ".onnx":
+                meta = read_onnx_metadata(local)
+                if meta:
+                    stem = remote[: -len(local.suffix)]
+                    side = staging / f"{len(plan)}{SIDECAR}"
+                    side.write_text(json.dumps(meta, sort_keys=True, indent=1))
+                    plan.append((side, stem + SIDECAR))
+    remotes = [r for _, r in plan]
+    if len(set(remotes)) != len(remotes):
+        raise UsageError("two artifacts would land on the same name on the board; rename one")
+    return plan
+
+
+def upload(
+    transport: Transport, plan: Sequence[tuple[Path, str]], progress: Progress | None = None, retries: int = 2
+) -> DeployReport:
+    """Upload every file; a dropped connection is reconnected and the file resumed, ``retries`` times."""
+    report = DeployReport()
+    started = time.monotonic()
+    for attempt in range(retries + 1):
+        try:
+            report.uploads = transport.put_many(plan, progress=progress)  # files already there are skipped
+            break
+        except ConnectionFailed as exc:
+            if attempt == retries:
+                raise
+            log.warning("%s; reconnecting to resume (%d/%d)", exc, attempt + 1, retries)
+            time.sleep(min(2.0 * (attempt + 1), 5.0))
+            transport.reconnect()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def deploy(
+    transport: Transport, artifacts: Sequence[str | Path], progress: Progress | None = None, retries: int = 2
+) -> DeployReport:
+    """The agent and the artifacts on the board, under the board lock."""
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = deploy_plan(artifacts, Path(tmp))
+        with BoardLock(transport, "deploy"):
+            return upload(transport, plan, progress, retries)
+
+
+def pick_model(plan: Sequence[tuple[Path, str]], family: str = "host") -> str:
+    """The model file a bench runs: the board family's native artifact when the bundle has one."""
+    remotes = [r for _, r in plan[1:] if Path(r).suffix.lower() in MODEL_SUFFIXES]
+    if not remotes:
+        raise InputFileError(f"nothing to run: expected a model file ({', '.join(MODEL_SUFFIXES)}) or a folder with one")
+    prefer = {"jetson": (".engine", ".plan", ".trt"), "zynq": (".xmodel",)}.get(family, ()) + (".onnx",)
+    for suffix in prefer:
+        for r in remotes:
+            if r.lower().endswith(suffix):
+                return r
+    return remotes[0]
+
+
+def device_family(target: str) -> str:
+    from edgeyolo.targets.profiles import get_target
+
+    try:
+        return get_target(target).family.value
+    except (UsageError, TargetError):
+        return "host"
+
+
+# ------------------------------------------------------------------------------------ bench
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+
+    @staticmethod
+    def of(values: Sequence[float]) -> "Percentiles":
+        import numpy as np
+
+        if not values:
+            return Percentiles(float("nan"), float("nan"), float("nan"), float("nan"))
+        a = np.asarray(values, dtype=np.float64)
+        p50, p90, p99 = np.percentile(a, [50, 90, 99])
+        return Percentiles(float(p50), float(p90), float(p99), float(a.mean()))
+
+
+@dataclass
+class Phase:
+    """One timed phase: ``streams`` concurrent pre -> infer -> post loops."""
+
+    streams: int
+    frames: int
+    seconds: float
+    latency_ms: Percentiles  # end to end per frame
+    pre_ms: float  # medians of the split
+    infer_ms: float
+    post_ms: float
+    complete: bool
+    power_w: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def fps_per_w(self) -> float | None:
+        return self.fps / self.power_w if self.power_w else None
+
+
+@dataclass
+class DeviceBench:
+    device: str
+    model: str
+    backend: str = ""
+    runtime_version: str = ""
+    input_size: list[int] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
+    board: dict[str, Any] = field(default_factory=dict)
+    power_mode: str | None = None
+    partial: bool = False
+    error: str | None = None
+    deploy: DeployReport | None = None
+    results_file: str = ""
+
+    def phase(self, streams: int) -> Phase | None:
+        return next((p for p in self.phases if p.streams == streams), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        phases = [{**asdict(p), "fps": p.fps, "fps_per_w": p.fps_per_w} for p in self.phases]
+        return {
+            "device": self.device, "model": self.model, "backend": self.backend, "runtime_version": self.runtime_version,
+            "input_size": self.input_size, "phases": phases, "power_mode": self.power_mode, "partial": self.partial,
+            "error": self.error, "results_file": self.results_file, "board": self.board,
+            "deploy": self.deploy.to_dict() if self.deploy else None,
+        }
+
+
+def parse_records(text: str) -> list[dict[str, Any]]:
+    """JSON lines as far as they are whole: a line cut by a crash is dropped, not fatal."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _power_w(tegrastats: str | None) -> float | None:
+    if not tegrastats:
+        return None
+    from edgeyolo.targets.jetson.tegrastats import parse_tegrastats, summarize
+    from edgeyolo.targets.parsing import ToolOutputError
+
+    try:
+        mw = summarize(parse_tegrastats(tegrastats)).power_mw
+    except ToolOutputError as exc:
+        log.warning("tegrastats output not understood: %s", exc)
+        return None
+    return mw / 1000.0 if mw else None
+
+
+def _power_mode(board: dict[str, Any]) -> str | None:
+    nv = board.get("nvpmodel") or {}
+    if not nv.get("out"):
+        return None
+    from edgeyolo.targets.jetson.nvpmodel import parse_nvpmodel
+    from edgeyolo.targets.parsing import ToolOutputError
+
+    try:
+        return parse_nvpmodel(nv["out"]).name
+    except ToolOutputError:
+        return None
+
+
+def summarize_records(records: list[dict[str, Any]], bench: DeviceBench) -> DeviceBench:
+    """Fill ``bench`` from the agent's records; phases without an end record are partial."""
+    lat: dict[int, list[list[float]]] = {}
+    ends: dict[int, dict[str, Any]] = {}
+    last_t: dict[int, float] = {}
+    power: dict[int, str | None] = {}
+    done = False
+    for r in records:
+        kind = r.get("kind")
+        if kind == "setup":
+            bench.backend, bench.runtime_version = r.get("backend", ""), r.get("runtime_version", "")
+            bench.input_size = list(r.get("input", []))
+        elif kind == "board":
+            bench.board = r.get("state", {})
+        elif kind == "phase_start":
+            lat.setdefault(r["streams"], [])
+        elif kind == "frames":
+            lat.setdefault(r["streams"], []).extend(r["lat"])
+            last_t[r["streams"]] = r["t"]
+        elif kind == "phase_end":
+            ends[r["streams"]] = r
+        elif kind == "power":
+            power[r["streams"]] = r.get("tegrastats")
+        elif kind == "done":
+            done = True
+    for streams, rows in sorted(lat.items()):
+        end = ends.get(streams)
+        seconds = end["seconds"] if end else last_t.get(streams, 0.0)
+        totals = [sum(row) for row in rows]
+        med = (lambda k: statistics.median(row[k] for row in rows) if rows else float("nan"))
+        bench.phases.append(
+            Phase(streams, len(rows), seconds, Percentiles.of(totals), med(0), med(1), med(2), end is not None,
+                  _power_w(power.get(streams)), list(end.get("errors", [])) if end else [])
+        )
+    bench.power_mode = _power_mode(bench.board)
+    bench.partial = not done
+    return bench
+
+
+def run_agent(
+    transport: Transport, argv: Sequence[object], out: str, timeout: float, on_log: LineSink | None
+) -> tuple[list[dict[str, Any]], TargetError | None]:
+    """Run the agent; whatever happens, read back the records it wrote."""
+    error: TargetError | None = None
+    try:
+        transport.run([transport.device.python, AGENT, *argv, "--out", out], timeout=timeout, on_stderr=on_log)
+    except (RemoteCommandError, RemoteTimeout, ConnectionFailed) as exc:
+        error = exc
+    data = None
+    for attempt in range(2):
+        try:
+            data = transport.read_bytes(out)
+            break
+        except (ConnectionFailed, OSError, EOFError) as exc:
+            if attempt:
+                raise ConnectionFailed(f"{transport.device.name}: could not read back {out}: {exc}") from None
+            transport.reconnect()
+    records = parse_records(data.decode("utf-8", "replace")) if data else []
+    return records, error
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def bench_device(
+    transport: Transport,
+    model: str | Path,
+    duration: float = 30.0,
+    warmup: float = 3.0,
+    streams: int = 0,
+    ort_threads: int = 0,
+    images: Path | None = None,
+    on_log: LineSink | None = None,
+    progress: Progress | None = None,
+) -> DeviceBench:
+    """Deploy ``model`` (skipped when unchanged) and time it on the board: FPS with 1 and N streams,
+    latency percentiles, the pre/infer/post split, power and board state."""
+    if duration <= 0 or warmup < 0 or streams < 0:
+        raise UsageError("--duration must be positive; --warmup and --threads must not be negative")
+    dev = transport.device
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = deploy_plan([model], Path(tmp))
+        remote_model = pick_model(plan, device_family(dev.target))
+        extra: list[tuple[Path, str]] = []
+        if images is not None:
+            files = sorted(p for p in Path(images).iterdir() if p.is_file())[:64]
+            if not files:
+                raise InputFileError(f"--images {images}: no files")
+            extra = [(f, f"{DATA}/bench-images/{f.name}") for f in files]
+        with BoardLock(transport, f"bench {Path(model).name}"):
+            report = upload(transport, plan + extra, progress)
+            out = f"{RUNS}/{new_run_id()}.jsonl"
+            argv: list[object] = ["bench", "--model", remote_model, "--duration", duration, "--warmup", warmup,
+                                  "--streams", streams, "--ort-threads", ort_threads, "--workdir", "."]
+            if extra:
+                argv += ["--images", f"{DATA}/bench-images"]
+            # two phases (1 and N streams), each warm-up + duration, plus model load time
+            records, error = run_agent(transport, argv, out, 2 * (warmup + duration) + 120.0, on_log)
+    bench = summarize_records(records, DeviceBench(dev.name, remote_model, deploy=report, results_file=out))
+    if error is not None:
+        if not any(p.frames for p in bench.phases):
+            raise error
+        bench.error, bench.partial = str(error), True
+    return bench
+
+
+# ------------------------------------------------------------------------------------ accuracy
+
+
+@dataclass
+class DeviceEvaluation:
+    result: Any  # edgeyolo.train.metrics.EvalResult
+    detections: list[Any]
+    samples: list[Any]
+    skipped: list[str]
+    infer_seconds: float
+    model: str
+
+
+def predict_on_device(
+    transport: Transport,
+    model: str | Path,
+    dataset: Any,
+    metric: str = "coco",
+    conf: float = 0.001,
+    iou: float = 0.6,
+    max_det: int = 100,
+    on_log: LineSink | None = None,
+    progress: Progress | None = None,
+) -> DeviceEvaluation:
+    """Detections on the board for every image of ``dataset`` (a DetectionDataset), scored here with
+    the metrics ``edgeyolo test`` uses; the thresholds default to test's (full PR curve)."""
+    import numpy as np
+
+    from edgeyolo.train.metrics import evaluate
+
+    dev = transport.device
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = deploy_plan([model], Path(tmp))
+        remote_model = pick_model(plan, device_family(dev.target))
+        source = str(dataset.source) or "set"
+        tag = f"{DATA}/eval-{Path(source).stem}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
+        images = [(s.image, f"{tag}/{i:06d}{Path(s.image).suffix.lower()}") for i, s in enumerate(dataset.samples)]
+        listing = Path(tmp) / "list.txt"
+        listing.write_text("".join(r + "\n" for _, r in images))
+        with BoardLock(transport, f"predict {Path(model).name}"):
+            upload(transport, plan + images + [(listing, f"{tag}/list.txt")], progress)
+            out = f"{RUNS}/{new_run_id()}.preds.jsonl"
+            argv: list[object] = ["predict", "--model", remote_model, "--list", f"{tag}/list.txt", "--conf", conf,
+                                  "--iou", iou, "--max-det", max_det, "--workdir", "."]
+            records, error = run_agent(transport, argv, out, dev.command_timeout + 10.0 * len(images), on_log)
+    if error is not None:
+        raise error
+    dets = {r["index"]: np.asarray(r["det"], dtype=np.float32).reshape(-1, 6) for r in records if r.get("kind") == "det"}
+    skipped = [str(dataset.samples[r["index"]].image) for r in records if r.get("kind") == "skip"]
+    done = next((r for r in records if r.get("kind") == "done"), None)
+    if done is None:
+        raise TargetError(f"{dev.name}: the agent stopped after {len(dets)} of {len(images)} images; see {out} on the board")
+    samples = [s for i, s in enumerate(dataset.samples) if i in dets]
+    detections = [dets[i] for i in range(len(dataset.samples)) if i in dets]
+    result = evaluate(
+        [s.annotation for s in samples], detections, dataset.num_classes, metric=metric, names=dataset.names,
+        image_ids=[s.image_id for s in samples], max_det=max_det, category_ids=dataset.category_ids,
+    )
+    return DeviceEvaluation(result, detections, samples, skipped, float(done.get("infer_seconds", 0.0)), remote_model)
+
+
+# ------------------------------------------------------------------------------------ doctor
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok | missing | warn
+    detail: str = ""
+
+
+def _version_ok(text: str, minimum: tuple[int, ...]) -> bool:
+    try:
+        return tuple(int(p) for p in text.split(".")[: len(minimum)]) >= minimum
+    except ValueError:
+        return False
+
+
+def doctor(transport: Transport, on_log: LineSink | None = None) -> list[Check]:
+    """One line per thing a deploy or benchmark needs on the board: ok, missing or warn."""
+    dev = transport.device
+    checks = [Check("ssh", "ok", f"{dev.address} host key {getattr(transport, 'host_key_fingerprint', '') or 'recorded'}")]
+    res = transport.run([dev.python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"], check=False, timeout=30)
+    version = res.stdout.strip()
+    if res.code != 0 or not version:
+        checks.append(Check("python", "missing", f"'{dev.python}' does not run on the board; set python in the inventory"))
+        return checks
+    checks.append(Check("python", "ok" if _version_ok(version, (3, 6)) else "missing", f"{dev.python} {version} (agent needs >= 3.6)"))
+    with BoardLock(transport, "doctor"):
+        transport.put(agent_source(), AGENT)
+        info = json.loads(transport.run([dev.python, AGENT, "info", "--workdir", "."], timeout=120, on_stderr=on_log).stdout)
+    mods = info.get("modules", {})
+
+    def module(name: str, label: str, why: str) -> Check:
+        v = mods.get(name)
+        return Check(label, "ok" if v else "missing", f"{v}" if v else why)
+
+    checks += [
+        module("numpy", "numpy", "pip3 install numpy (needed by the agent)"),
+        module("cv2", "opencv", "apt install python3-opencv (needed by the agent)"),
+        module("onnxruntime", "onnxruntime", "optional: pip3 install onnxruntime, for ONNX on the CPU"),
+        module("tensorrt", "tensorrt", "JetPack's python3-libnvinfer (Jetson only)"),
+    ]
+    cuda = mods.get("pycuda") or mods.get("cuda")
+    checks.append(Check("pycuda / cuda-python", "ok" if cuda else "missing",
+                        f"pycuda {mods['pycuda']}" if mods.get("pycuda") else f"cuda-python {cuda}" if cuda else "pip3 install pycuda (Jetson only)"))
+    checks.append(Check("trtexec", "ok" if info.get("trtexec") else "missing", info.get("trtexec") or "/usr/src/tensorrt/bin/trtexec (JetPack)"))
+    checks.append(module("vart", "vart", "Vitis AI runtime on the board image (Zynq only)"))
+    checks.append(module("xir", "xir", "Vitis AI runtime on the board image (Zynq only)"))
+    fingerprint = None
+    query = info.get("xdputil_query") or {}
+    m = re.search(r'"fingerprint"\s*:\s*"(0x[0-9a-fA-F]+)"', query.get("out") or "")
+    if m:
+        fingerprint = m.group(1)
+    checks.append(Check("xdputil", "ok" if info.get("xdputil") else "missing",
+                        (f"{info['xdputil']}, DPU fingerprint {fingerprint or 'not reported'}") if info.get("xdputil") else "Vitis AI board image (Zynq only)"))
+    l4t = (info.get("l4t") or "").strip().splitlines()
+    jetpack = (info.get("jetpack") or {}).get("out", "").strip() if (info.get("jetpack") or {}).get("code") == 0 else ""
+    checks.append(Check("L4T / JetPack", "ok" if l4t else "missing",
+                        (l4t[0].lstrip("# ") + (f"; JetPack {jetpack}" if jetpack else "")) if l4t else "not a Jetson (/etc/nv_tegra_release)"))
+    for key, label, why in (("nvpmodel", "nvpmodel", "Jetson power-mode tool"), ("jetson_clocks", "jetson_clocks", "Jetson clock tool")):
+        entry = info.get(key)
+        if not entry:
+            checks.append(Check(label, "missing", why))
+            continue
+        text = (entry.get("out") or "").strip().splitlines()
+        checks.append(Check(label, "ok" if entry.get("code") == 0 else "warn", text[0] if text else f"exit {entry.get('code')}"))
+    disk = info.get("disk")
+    if disk:
+        free_gb = disk["free"] / 1e9
+        checks.append(Check("disk", "ok" if free_gb >= 1.0 else "warn", f"{free_gb:.1f} GB free in {disk['path']}"))
+    else:
+        checks.append(Check("disk", "missing", "statvfs of the workdir failed"))
+    swap = re.search(r"SwapTotal:\s+(\d+) kB", info.get("meminfo") or "")
+    swap_mb = int(swap.group(1)) / 1024 if swap else 0
+    checks.append(Check("swap", "ok" if swap_mb > 0 else "missing",
+                        f"{swap_mb:.0f} MB" if swap_mb else "no swap: TensorRT engine builds on 4 GB boards get OOM-killed; add a swap file"))
+    return checks
+
+
+# ------------------------------------------------------------------------------------ transfer speed
+
+
+@dataclass(frozen=True)
+class ThroughputRow:
+    method: str
+    megabytes: float
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.megabytes / self.seconds if self.seconds > 0 else float("inf")
+
+
+def upload_throughput(transport: Transport, size_mb: int = 128, scp: str | None = "scp") -> list[ThroughputRow]:
+    """Fresh upload of a random file through the transport vs ``scp``, then the unchanged re-upload."""
+    dev = transport.device
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "payload.bin"
+        with open(src, "wb") as fh:
+            for _ in range(size_mb):
+                fh.write(os.urandom(1 << 20))
+        with BoardLock(transport, "throughput"):
+            transport.run(["rm", "-f", "throughput/payload.bin", "throughput/scp.bin"])
+            t0 = time.monotonic()
+            up = transport.put(src, "throughput/payload.bin")
+            rows.append(ThroughputRow("edgeyolo put (hash, write, verify, rename)", size_mb, time.monotonic() - t0))
+            rows.append(ThroughputRow("  of which the SFTP write", size_mb, up.seconds))
+            t0 = time.monotonic()
+            again = transport.put(src, "throughput/payload.bin")
+            rows.append(ThroughputRow(f"edgeyolo redeploy unchanged ({again.sent} bytes sent)", 0, time.monotonic() - t0))
+            if scp and shutil.which(scp):
+                target = f"{dev.user}@{dev.host}:{transport.remote_path('throughput/scp.bin')}"
+                cmd = [scp, "-q", "-P", str(dev.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                       "-o", f"UserKnownHostsFile={Path(dev.known_hosts).expanduser()}"]
+                if dev.key_file:
+                    cmd += ["-i", str(Path(dev.key_file).expanduser())]
+                for label, flag in (("scp (SFTP protocol)", []), ("scp -O (legacy SCP protocol)", ["-O"])):
+                    t0 = time.monotonic()
+                    proc = subprocess.run(cmd + flag + [str(src), target], capture_output=True, text=True, timeout=600)
+                    if proc.returncode == 0:
+                        rows.append(ThroughputRow(label, size_mb, time.monotonic() - t0))
+                    else:
+                        log.warning("%s failed: %s", label, proc.stderr.strip())
+            transport.run(["rm", "-rf", "throughput"])
+    return rows

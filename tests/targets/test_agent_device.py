@@ -1,0 +1,150 @@
+"""End to end on the loopback board: deploy an exported ONNX, bench it, score mAP host-side, crash the agent."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeyolo.contract import Contract
+from edgeyolo.targets.runner import bench_device, deploy, doctor, parse_records, predict_on_device
+from tests.targets.conftest import with_
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory) -> Path:
+    from edgeyolo.cli.common import load_cli_model
+    from edgeyolo.export.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("model") / "mobile.onnx"
+    model = load_cli_model("edgeyolo-mobile", None, random_init=True, img_size=128)
+    export_onnx(model, out, 128)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from edgeyolo.data.synth import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("synth") / "ds", classes=12, train=1, val=6, img_size=128, seed=1).data_yaml
+
+
+def test_deploy_bench_and_redeploy_costs_nothing(transport, device, onnx_model):
+    first = deploy(transport, [onnx_model])
+    remote = sorted(Path(u.remote).name for u in first.uploads)
+    assert remote == ["agent.py", "mobile.edgeyolo.json", "mobile.onnx"] and first.bytes_sent > 0
+    sidecar = json.loads((Path(device.workdir) / "models" / "mobile.edgeyolo.json").read_text())
+    assert Contract.from_json(sidecar["edgeyolo.contract"]).height == 128
+    again = deploy(transport, [onnx_model])
+    assert again.bytes_sent == 0 and again.unchanged == 3
+
+    logs: list[str] = []
+    result = bench_device(transport, onnx_model, duration=0.5, warmup=0.1, streams=2, ort_threads=1, on_log=logs.append)
+    assert result.error is None and not result.partial
+    assert result.backend == "onnxruntime" and result.input_size == [128, 128]
+    assert [p.streams for p in result.phases] == [1, 2]
+    for p in result.phases:
+        assert p.complete and p.frames > 0 and p.fps > 0
+        assert 0 < p.latency_ms.p50 <= p.latency_ms.p90 <= p.latency_ms.p99
+        assert p.pre_ms > 0 and p.infer_ms > 0 and p.post_ms >= 0
+        assert p.power_w is None  # no tegrastats on the loopback board
+    assert result.deploy.bytes_sent == 0  # the model was already there
+    assert result.board["cpus"] and any("stream(s) done" in line for line in logs)  # remote logs streamed
+
+
+def test_map_on_the_board_equals_host_evaluation(transport, onnx_model, tiny_dataset):
+    from edgeyolo.data.formats import load_dataset
+    from edgeyolo.export.onnx import read_metadata
+    from edgeyolo.runtime.evaluate import evaluate_runner
+    from edgeyolo.runtime.runners import OnnxRuntimeRunner
+
+    dataset = load_dataset(tiny_dataset, "val")
+    board = predict_on_device(transport, onnx_model, dataset, "coco", conf=0.001, iou=0.6, max_det=100)
+    contract = Contract.from_json(read_metadata(onnx_model)["edgeyolo.contract"])
+    contract = Contract(**{**contract.__dict__, "conf_threshold": 0.001, "iou_threshold": 0.6, "max_detections": 100})
+    host = evaluate_runner(OnnxRuntimeRunner(onnx_model, contract), contract, dataset, "coco")
+    assert len(board.detections) == len(host.detections) == len(dataset.samples)
+    assert sum(len(d) for d in host.detections) > 0
+    for a, b in zip(board.detections, host.detections):
+        assert np.array_equal(a, b)
+    assert abs(board.result.map50 - host.result.map50) <= 1e-6
+    assert abs(board.result.map50_95 - host.result.map50_95) <= 1e-6
+
+
+def test_agent_killed_mid_run_keeps_partial_results(transport, device, onnx_model):
+    runs = Path(device.workdir) / "runs"
+    box: dict[str, object] = {}
+
+    def go() -> None:
+        try:
+            box["result"] = bench_device(transport, onnx_model, duration=30.0, warmup=0.2, streams=1, ort_threads=1)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            box["error"] = exc
+
+    worker = threading.Thread(target=go)
+    worker.start()
+    pid = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and pid is None:
+        for f in runs.glob("*.jsonl") if runs.is_dir() else []:
+            records = parse_records(f.read_text())
+            if any(r["kind"] == "frames" for r in records):
+                pid = next(r["pid"] for r in records if r["kind"] == "start")
+        time.sleep(0.1)
+    assert pid is not None, "the agent never reported timed frames"
+    os.kill(pid, signal.SIGKILL)
+    worker.join(timeout=60)
+    assert "error" not in box, box.get("error")
+    result = box["result"]
+    assert result.partial and result.error and "signal" in result.error
+    assert result.phases and result.phases[0].frames > 0 and not result.phases[0].complete and result.phases[0].fps > 0
+
+
+def test_doctor_reports_every_check(transport):
+    checks = {c.name: c for c in doctor(transport)}
+    for name in ("ssh", "python", "numpy", "opencv", "onnxruntime", "tensorrt", "pycuda / cuda-python", "trtexec",
+                 "vart", "xir", "xdputil", "L4T / JetPack", "nvpmodel", "jetson_clocks", "disk", "swap"):
+        assert name in checks, name
+        assert checks[name].status in ("ok", "missing", "warn")
+    assert checks["python"].status == checks["numpy"].status == checks["onnxruntime"].status == "ok"
+    assert checks["tensorrt"].status == "missing" and "JetPack" in checks["tensorrt"].detail
+
+
+@pytest.fixture
+def cli_inventory(device, tmp_path) -> list[str]:
+    inventory = tmp_path / "devices.yaml"
+    d = with_(device, workdir=str(tmp_path / "cli-board"))
+    fields = {k: getattr(d, k) for k in ("host", "port", "user", "key_file", "known_hosts", "workdir", "python")}
+    inventory.write_text(json.dumps({"devices": {"loop": fields}}))  # JSON is YAML
+    return ["--inventory", str(inventory), "--device", "loop"]
+
+
+def test_cli_deploy_and_doctor(cli_inventory, onnx_model, capsys):
+    from edgeyolo.cli.app import main
+
+    assert main(["deploy", *cli_inventory, str(onnx_model)]) == 0
+    assert "3 files, 0 unchanged" in capsys.readouterr().out
+    assert main(["deploy", *cli_inventory, str(onnx_model)]) == 0
+    assert "3 unchanged, 0.0 kB sent" in capsys.readouterr().out
+    assert main(["doctor", *cli_inventory]) == 0
+    out = capsys.readouterr().out
+    assert "python" in out and "missing" in out
+    assert main(["deploy", cli_inventory[0], cli_inventory[1], "--device", "nope", str(onnx_model)]) == 2
+    assert "known devices: loop" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_bench_device_with_map(cli_inventory, onnx_model, tiny_dataset, capsys):
+    from edgeyolo.cli.app import main
+
+    code = main(["bench", "device", *cli_inventory, "--model", str(onnx_model), "--duration", "0.5", "--warmup", "0.1",
+                 "--threads", "2", "--ort-threads", "1", "--map", str(tiny_dataset), "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0 and payload["phases"][0]["fps"] > 0 and 0.0 <= payload["accuracy"]["map50"] <= 1.0
+    assert main(["bench", "device", *cli_inventory, "--model", str(onnx_model), "--duration", "0.3", "--warmup", "0"]) == 0
+    assert "FPS" in capsys.readouterr().out
