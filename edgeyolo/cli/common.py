@@ -10,6 +10,22 @@ from edgeyolo.errors import UsageError
 
 CfgOpt = typer.Option(..., "--cfg", help="darknet .cfg path or zoo name (edgeyolo-res, edgeyolo-mobile, yolov3-tiny, ...).")
 WeightsOpt = typer.Option(None, "--weights", help="darknet .weights, edgeyolo .safetensors or reference .pt.")
+ModelCfgOpt = typer.Option(None, "--cfg", help="darknet .cfg path or zoo name; not needed for a .safetensors, a quantized folder or an .onnx.")
+ModelWeightsOpt = typer.Option(
+    ..., "--weights", help="darknet .weights, .safetensors, reference .pt, a quantized folder (edgeyolo quantize) or an edgeyolo .onnx (QDQ included)."
+)
+
+
+def onnx_contract(path: Path, **overrides):
+    """The pre/post-processing contract an edgeyolo ONNX file carries, with some thresholds replaced."""
+    from edgeyolo.contract import Contract
+    from edgeyolo.export.onnx import read_metadata
+
+    text = read_metadata(path).get("edgeyolo.contract")
+    if text is None:
+        raise UsageError(f"{path}: no edgeyolo contract in the ONNX metadata; export it with edgeyolo export onnx|qdq")
+    base = Contract.from_json(text)
+    return Contract(**{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
 ImgSizeOpt = typer.Option(None, "--img-size", "--img_size", help="Square input size (multiple of 32); default from the cfg.")
 
 
@@ -31,6 +47,10 @@ def load_cli_model(
         raise UsageError("give either --weights or --random-init, not both")
     if weights is None and not random_init:
         raise UsageError("give --weights W, or --random-init [--seed S] for calibrated random weights")
+    if weights is not None and Path(weights).is_dir():  # a quantized model folder (edgeyolo quantize, QAT *_quant)
+        from edgeyolo.compress.quant import load_quantized
+
+        return load_quantized(weights)
     cfg_path = resolve_cfg(cfg) if cfg else None
     model = load_model(cfg_path, weights, cutoff=cutoff, partial=partial)
     if random_init:

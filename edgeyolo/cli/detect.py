@@ -6,14 +6,14 @@ from typing import List, Optional
 
 import typer
 
-from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, darknet_files, load_cli_model
+from edgeyolo.cli.common import ImgSizeOpt, ModelCfgOpt, ModelWeightsOpt, check_img_size, darknet_files, load_cli_model, onnx_contract
 
 BACKENDS = ("torch", "onnxruntime", "opencv")
 
 
 def detect(
-    cfg: str = CfgOpt,
-    weights: Path = typer.Option(..., "--weights", help="darknet .weights, edgeyolo .safetensors or reference .pt."),
+    cfg: Optional[str] = ModelCfgOpt,
+    weights: Path = ModelWeightsOpt,
     source: str = typer.Option("data/samples", "--source", help="Image, folder, glob, video, webcam index, RTSP/HTTP URL or GStreamer pipeline."),
     output: Path = typer.Option(Path("output"), "--output", help="Folder for annotated images/videos and labels."),
     img_size: Optional[int] = ImgSizeOpt,
@@ -42,20 +42,26 @@ def detect(
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
     if names and data:
         raise UsageError("give --names or --data, not both")
-    model = load_cli_model(cfg, weights, img_size=img_size)
-    size = img_size or model.cfg.net.height
-    contract = Contract(
-        size,
-        size,
-        channel_order=channel_order_for(model.cfg.net.channels),
-        conf_threshold=conf,
-        iou_threshold=iou,
-        max_detections=max_det,
-        agnostic_nms=agnostic_nms,
-        classes=tuple(classes) if classes else None,
-    )
-    class_names = _names(names or data, model.num_classes)
-    with make_runner(backend, model, contract, threads, *darknet_files(cfg, weights)) as runner:
+    thresholds = dict(conf_threshold=conf, iou_threshold=iou, max_detections=max_det, agnostic_nms=agnostic_nms,
+                      classes=tuple(classes) if classes else None)
+    if weights.suffix.lower() == ".onnx":  # an exported file (QDQ int8 included), run as it is
+        from edgeyolo.runtime.runners import OnnxRuntimeRunner
+
+        if backend != "onnxruntime":
+            raise UsageError(f"an .onnx model runs on --backend onnxruntime, not {backend}")
+        contract = onnx_contract(weights, **thresholds)
+        if img_size not in (None, contract.height):
+            raise UsageError(f"{weights} was exported at {contract.height} px; --img-size {img_size} does not apply")
+        runner_cm = OnnxRuntimeRunner(weights, contract, threads)
+        num_classes = int(runner_cm.session.get_outputs()[0].shape[-1]) - 5  # [B, N, 5 + C]
+    else:
+        model = load_cli_model(cfg, weights, img_size=img_size)
+        size = img_size or model.cfg.net.height
+        contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels), **thresholds)
+        num_classes = model.num_classes
+        runner_cm = make_runner(backend, model, contract, threads, *(darknet_files(cfg, weights) if cfg else (None, None)))
+    class_names = _names(names or data, num_classes)
+    with runner_cm as runner:
         result = run_detect(
             runner,
             contract,

@@ -7,13 +7,13 @@ from typing import Optional
 
 import typer
 
-from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, load_cli_model
+from edgeyolo.cli.common import ImgSizeOpt, ModelCfgOpt, ModelWeightsOpt, check_img_size, load_cli_model, onnx_contract
 
 
 def test(
     data: Path = typer.Option(..., "--data", help="darknet .data, Ultralytics .yaml, COCO .json or a VOC root."),
-    cfg: str = CfgOpt,
-    weights: Path = typer.Option(..., "--weights", help="darknet .weights, edgeyolo .safetensors or reference .pt."),
+    cfg: Optional[str] = ModelCfgOpt,
+    weights: Path = ModelWeightsOpt,
     img_size: Optional[int] = ImgSizeOpt,
     conf: float = typer.Option(0.001, "--conf", "--conf-thres", help="Score threshold (low: mAP needs the full PR curve)."),
     iou: float = typer.Option(0.6, "--iou", "--iou-thres", help="NMS IoU threshold."),
@@ -36,11 +36,22 @@ def test(
 
     check_img_size(img_size)
     dataset = load_dataset(data, split)
-    model = load_cli_model(cfg, weights, img_size=img_size)
-    ev = evaluate_model(
-        model, dataset, img_size, backend, metric, conf, iou, threads,
-        progress=lambda s: track(s, f"test [{backend}]", len(dataset.samples)),
-    )
+    progress = lambda s: track(s, f"test [{backend}]", len(dataset.samples))  # noqa: E731
+    if weights.suffix.lower() == ".onnx":  # an exported file (QDQ int8 included), run as it is
+        from edgeyolo.errors import UsageError
+        from edgeyolo.runtime.evaluate import evaluate_runner
+        from edgeyolo.runtime.runners import OnnxRuntimeRunner
+
+        if backend != "onnxruntime":
+            raise UsageError(f"an .onnx model runs on --backend onnxruntime, not {backend}")
+        contract = onnx_contract(weights, conf_threshold=conf, iou_threshold=iou, max_detections=100)
+        if img_size not in (None, contract.height):
+            raise UsageError(f"{weights} was exported at {contract.height} px; --img-size {img_size} does not apply")
+        with OnnxRuntimeRunner(weights, contract, threads) as runner:
+            ev = evaluate_runner(runner, contract, dataset, metric, progress)
+    else:
+        model = load_cli_model(cfg, weights, img_size=img_size)
+        ev = evaluate_model(model, dataset, img_size, backend, metric, conf, iou, threads, progress=progress)
     size = ev.img_size
     for issue in ev.issues:
         typer.echo(f"warning: {issue}", err=True)

@@ -138,10 +138,12 @@ def train(
         if reach is not None:
             typer.echo(f"sparse training: at s {trainer.config.s:g} the penalty alone can move a γ by at most {reach:.2f} over this run")
             if reach < 1.0:
+                needed = trainer.config.s * 2.0 / max(reach, 1e-12)
+                # a rate above 1 per step would be absurd: the run is too short (or all in the LR burn-in)
+                fix = f"raise --s to about {needed:.2g} or train for more epochs" if needed <= 1.0 else "train for more epochs"
                 typer.echo(
                     f"warning: --s {trainer.config.s:g} is too weak for this run to push γ (about 1 after normal training) "
-                    f"below 1e-2: raise --s to about {trainer.config.s * 2.0 / max(reach, 1e-12):.2g} or train for more epochs "
-                    "(README: sparse training)",
+                    f"below 1e-2: {fix} (README: sparse training)",
                     err=True,
                 )
     trainer.fit()

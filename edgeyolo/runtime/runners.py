@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeyolo.contract import Contract, HeadSpec, decode_heads
+from edgeyolo.errors import UsageError
 from edgeyolo.runtime.base import RUNNERS, Runner
 
 
@@ -46,10 +47,17 @@ class OnnxRuntimeRunner(Runner):
         if isinstance(model_or_path, (str, Path)):
             self.session = make_session(model_or_path, threads)
         else:
-            from edgeyolo.export.onnx import export_onnx
+            from edgeyolo.compress.quant import is_quantized
 
             with tempfile.TemporaryDirectory() as tmp:
-                path = export_onnx(model_or_path, Path(tmp) / "model.onnx", (contract.height, contract.width), contract=contract).path
+                if is_quantized(model_or_path):  # int8 as TensorRT would run it: the verified QDQ export
+                    from edgeyolo.export.qdq import export_qdq
+
+                    path = export_qdq(model_or_path, Path(tmp) / "model.onnx", (contract.height, contract.width)).path
+                else:
+                    from edgeyolo.export.onnx import export_onnx
+
+                    path = export_onnx(model_or_path, Path(tmp) / "model.onnx", (contract.height, contract.width), contract=contract).path
                 self.session = make_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
 
@@ -70,6 +78,13 @@ class OpenCVRunner(Runner):
     def __init__(self, model, contract: Contract, threads: int = 0, cfg_path: Path | None = None, weights_path: Path | None = None):
         from edgeyolo.runtime.opencv import blob_name, load_net
 
+        from edgeyolo.compress.quant import is_quantized
+
+        if is_quantized(model):
+            raise UsageError(
+                "OpenCV DNN reads darknet files, which carry no quantization: use --backend torch (fake-quant) "
+                "or onnxruntime (the int8 QDQ export)"
+            )
         super().__init__(contract)
         self._tmp = None
         if cfg_path is None or weights_path is None:
