@@ -131,8 +131,11 @@ class BuildRequest:
     inventory: Optional[str] = None
     train_device: str = "cpu"
     demo: bool = False
+    latency_ms: Optional[float] = None  # prune to this onnxruntime latency on this host instead of a percent
 
     def __post_init__(self) -> None:
+        if self.latency_ms is not None and not self.latency_ms > 0:
+            raise UsageError(f"--latency-ms must be positive (or --fps), got {self.latency_ms}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if not self.demo and self.cfg is None:
@@ -212,7 +215,7 @@ class Build:
             "adapt": None if self._adapt_needed() else f"{self.profile.name} runs the cfg as it is",
             "train": None if r.train_epochs > 0 else "recipe train_epochs is 0",
             "sparse": None if r.sparse_epochs > 0 else "recipe sparse_epochs is 0",
-            "prune": None if r.prune_method != "none" else "recipe prune_method is none",
+            "prune": None if r.prune_method != "none" or req.latency_ms else "recipe prune_method is none",
             "finetune": None if r.finetune_epochs > 0 and r.prune_method != "none" else "recipe finetune_epochs is 0 or nothing pruned",
             "quantize": None if self.precision == "int8" else f"precision {self.precision}",
             "export": None,
@@ -354,7 +357,7 @@ class Build:
             "adapt": {"target": self.profile.name},
             "train": {"epochs": r.train_epochs, "batch": r.batch_size, "device": req.train_device},
             "sparse": {"epochs": r.sparse_epochs, "s": r.s, "mode": r.prune_mode, "penalty": r.sr_penalty, "batch": r.batch_size},
-            "prune": {"method": r.prune_method, "percent": r.percent, "multiple": self._multiple()},
+            "prune": {"method": r.prune_method, "percent": r.percent, "multiple": self._multiple(), "latency_ms": req.latency_ms},
             "finetune": {"epochs": r.finetune_epochs, "kd": r.kd, "batch": r.batch_size},
             "quantize": {"images": r.calib_images, "method": r.quant_method, "target": self.profile.name},
             "export": {"target": self.profile.name, "precision": self.precision},
@@ -471,11 +474,38 @@ class Build:
         from edgeyolo.model.checkpoint import load_model
 
         r = self.recipe
-        config = PruneConfig(r.prune_method, percent=parse_percent(str(r.percent)), multiple=self._multiple())
         model = load_model(art.cfg, art.weights)
+        if self.request.latency_ms:
+            return self._prune_to_latency(model, folder)
+        config = PruneConfig(r.prune_method, percent=parse_percent(str(r.percent)), multiple=self._multiple())
         result = prune(model, config)
         write_artifacts(result, folder)
         return Artifact(folder), self._evaluate(folder / MODEL_CFG, folder / MODEL_WEIGHTS)
+
+    def _prune_to_latency(self, model, folder: Path):
+        """Per-layer widths that meet --latency-ms in onnxruntime on this host (bench.latency); for a
+        board target the host is the proxy, so the board's own number comes from the deploy stage."""
+        from edgeyolo.bench.latency import prune_to_latency
+        from edgeyolo.model.cfg import format_cfg
+        from edgeyolo.model.checkpoint import save_checkpoint
+        from edgeyolo.model.weights import save_darknet_weights
+
+        mode = "slim" if self.recipe.prune_method in ("slim", "shortcut", "layer-channel", "group") else "normal"
+        result = prune_to_latency(
+            model, self.request.latency_ms, self.recipe.img_size, multiple=self._multiple(), mode=mode,
+            cache_dir=self.out / "latency-table",
+        )
+        atomic_write_text(folder / MODEL_CFG, format_cfg(result.model.cfg))
+        save_checkpoint(result.model, folder / MODEL_WEIGHTS)
+        save_darknet_weights(result.model, folder / "model.weights")
+        metrics = {
+            "latency_target_ms": self.request.latency_ms, "latency_predicted_ms": round(result.predicted_ms, 3),
+            "latency_measured_ms": None if result.measured_ms is None else round(result.measured_ms, 3),
+            "latency_unpruned_ms": None if result.unpruned_ms is None else round(result.unpruned_ms, 3),
+            "latency_error": None if result.error is None else round(result.error, 4), "narrowed_convs": len(result.widths),
+            "latency_measured_on": "host onnxruntime" + ("" if self.profile.name == "host" else f" (a proxy for {self.profile.name})"),
+        }
+        return Artifact(folder), {**metrics, **self._evaluate(folder / MODEL_CFG, folder / MODEL_WEIGHTS)}
 
     def _stage_quantize(self, art: Artifact, folder: Path):
         from edgeyolo.compress.quant import QuantSpec, calibrate, prepare_qat, save_quantized

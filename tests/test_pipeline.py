@@ -97,3 +97,27 @@ def test_zcu104_build_adapts_quantizes_like_the_dpu_and_writes_a_vitis_bundle(tm
     assert (bundle / "model.py").is_file() and json.loads((bundle / "arch.json").read_text())["fingerprint"] == "0x101000016010407"
     assert "docker/vitis-ai/run.sh" in manifest["commands"]["quantize+compile"]
     assert stages["deploy"]["status"] == "skipped" and "Vitis AI image" in stages["deploy"]["reason"]
+
+
+def test_build_prunes_to_a_latency_budget(tmp_path: Path) -> None:
+    """--latency-ms replaces the percent: widths picked by the host latency table (speed is a benchmark
+    matter, so only the plan is checked here: the prediction meets the budget, widths stay aligned)."""
+    from edgeyolo.bench.latency import latency_table
+    from edgeyolo.model.checkpoint import load_model
+
+    recipe = _recipe(img_size=96)
+    from edgeyolo.model.zoo import resolve_cfg
+
+    model = load_model(resolve_cfg("edgeyolo-res"))
+    out = tmp_path / "build"
+    full = latency_table(model, 96, multiple=8, cache_dir=out / "latency-table").full_ms  # the build reuses this table
+    request = BuildRequest(target="host", out=out, cfg="edgeyolo-res", recipe=recipe, latency_ms=0.85 * full)
+    manifest = Build(request).run()
+    m = {s["name"]: s for s in manifest["stages"]}["prune"]["metrics"]
+    assert m["latency_predicted_ms"] <= 0.85 * full * 1.25 and m["narrowed_convs"] > 0  # the correction loop may re-aim
+    assert m["latency_measured_on"] == "host onnxruntime"
+    pruned = load_model(out / "stages" / "03-prune" / "model.cfg")
+    widths = [c.filters for c in pruned.cfg.conv_layers]
+    assert sum(widths) < sum(c.filters for c in model.cfg.conv_layers)
+    with pytest.raises(EdgeYoloError, match="latency-ms must be positive"):
+        BuildRequest(target="host", out=out, cfg="edgeyolo-res", latency_ms=0)

@@ -19,12 +19,15 @@ def build(
     inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.yaml (default: EDGEYOLO_INVENTORY or ./devices.yaml)."),
     train_device: str = typer.Option("cpu", "--train-device", help="cpu | cuda:N for the training stages."),
     img_size: Optional[int] = typer.Option(None, "--img-size", "--img_size", help="Input size (overrides the recipe)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Prune to this frame rate (onnxruntime on this host) instead of a percent."),
+    latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Prune to this latency in ms (onnxruntime on this host)."),
     demo: bool = typer.Option(False, "--demo", help="The embedded demo: a small zoo cfg on the synthetic set."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the stages and why any is skipped; run nothing."),
     out: Path = typer.Option(..., "--out", help="Build folder (stages/, manifest.json, report.md); reused stages are cached."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Build a model for a target; every stage is cached by the hash of its inputs."""
+    from edgeyolo.errors import UsageError
     from edgeyolo.pipeline import Build, BuildRequest, Recipe, demo_recipe
 
     demo = demo or (cfg is None and weights is None and data is None)
@@ -35,10 +38,15 @@ def build(
         chosen = demo_recipe(**overrides)
     else:
         chosen = Recipe(**overrides)
+    if fps is not None and latency_ms is not None:
+        raise UsageError("give --fps or --latency-ms, not both")
+    if fps is not None and not fps > 0:
+        raise UsageError(f"--fps must be positive, got {fps}")
+    target_ms = 1000.0 / fps if fps else latency_ms
     request = BuildRequest(
         target=target, out=out, cfg=cfg, weights=str(weights) if weights else None, data=str(data) if data else None,
         precision=precision, recipe=chosen, device=device, inventory=str(inventory) if inventory else None,
-        train_device=train_device, demo=demo,
+        train_device=train_device, demo=demo, latency_ms=target_ms,
     )
     echo = (lambda _: None) if as_json else typer.echo
     if demo:
