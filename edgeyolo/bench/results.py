@@ -576,6 +576,7 @@ def record_run(
     target: str,
     device: str = "",
     artifact: str | Path | None = None,
+    artifact_sha256: Optional[str] = None,  # default: the artifact file's own hash
     label: Optional[str] = None,
     command: Optional[str] = None,
     board_state: Optional[Mapping[str, Any]] = None,
@@ -594,7 +595,7 @@ def record_run(
     store = db if isinstance(db, ResultsStore) else ResultsStore(db)
     try:
         run_id = store.begin_run(
-            kind=kind, target=target, device=device, artifact=artifact, label=label, command=command,
+            kind=kind, target=target, device=device, artifact=artifact, artifact_sha256=artifact_sha256, label=label, command=command,
             git_rev=rev if rev is not None else git_rev(), toolchain=toolchain, board_state=board_state,
         )
         rec = RunRecorder(run_id, board_state, toolchain if toolchain is not None else toolchain_versions())

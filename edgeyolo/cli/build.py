@@ -16,7 +16,7 @@ def build(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: the target's)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe.yaml overriding the stage settings."),
     device: Optional[str] = typer.Option(None, "--device", help="Inventory name of a board: deploy and benchmark there."),
-    inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.yaml (default: EDGEYOLO_INVENTORY or ./devices.yaml)."),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.yaml (default: $EDGEYOLO_DEVICES, ./devices.yaml or ~/.config/edgeyolo/devices.yaml)."),
     train_device: str = typer.Option("cpu", "--train-device", help="cpu | cuda:N for the training stages."),
     img_size: Optional[int] = typer.Option(None, "--img-size", "--img_size", help="Input size (overrides the recipe)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Prune to this frame rate (onnxruntime on this host) instead of a percent."),

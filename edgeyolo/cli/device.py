@@ -1,6 +1,7 @@
 """``edgeyolo deploy``, ``edgeyolo doctor`` and ``edgeyolo bench device`` / ``bench deploy-throughput``."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -103,9 +104,26 @@ def bench_device(
     metric: str = typer.Option("coco", "--metric", help="coco | voc07 | voc12 (with --map)."),
     inventory: Optional[Path] = InventoryOpt,
     trust_new_host_key: bool = TrustOpt,
+    record: bool = typer.Option(False, "--record", help="Store the run in the results database (see 'edgeyolo results')."),
+    db: Optional[Path] = typer.Option(
+        None, "--db", help="Results database for --record (default: $EDGEYOLO_RESULTS_DB, else $XDG_DATA_HOME/edgeyolo/results.sqlite)."
+    ),
+    label: Optional[str] = typer.Option(None, "--label", help="With --record: label the run (e.g. a baseline name for 'results check')."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Deploy and time a model on a board: FPS (1 and N streams), latency p50/p90/p99, pre/infer/post, power."""
+    if (db is not None or label is not None) and not record:
+        from edgeyolo.errors import UsageError
+
+        raise UsageError("--db and --label only apply with --record")
+    recording = _recording(device, inventory, model, db, label) if record else contextlib.nullcontext()
+    with recording as run:
+        _bench_device(device, model, duration, warmup, threads, ort_threads, images, map_data, metric, inventory,
+                      trust_new_host_key, as_json, run)
+
+
+def _bench_device(device, model, duration, warmup, threads, ort_threads, images, map_data, metric, inventory,
+                  trust_new_host_key, as_json, run) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -124,6 +142,12 @@ def bench_device(
     payload = result.to_dict()
     if evaluation is not None:
         payload["accuracy"] = {"data": str(map_data), "metric": metric, "skipped": evaluation.skipped, **evaluation.result.to_dict()}
+    if run is not None:
+        run.metrics.update(bench_metrics(payload))
+        state, toolchain = board_conditions(payload)
+        run.board_state.update(state)
+        run.toolchain.update(toolchain)
+        payload["recorded_run"] = {"id": run.id, "metrics": run.metrics, "board_state": state, "toolchain": toolchain}
     if as_json:
         typer.echo(json.dumps(payload, indent=1, default=str))
     else:
@@ -148,8 +172,123 @@ def bench_device(
             r = evaluation.result
             console.print(f"{metric} on {map_data} (scored on the host, {r.num_images} images): mAP@0.5 {r.map50:.4f}   mAP@0.5:0.95 {r.map50_95:.4f}")
     if result.error is not None:
+        if run is not None:  # raised inside the recording: the run is stored as 'failed', never gated on
+            raise TargetError(f"the run did not finish (recorded as failed run {run.id}): {result.error}")
         typer.echo(f"warning: the run did not finish; the table shows what was timed before: {result.error}", err=True)
         raise typer.Exit(TargetError.exit_code)
+    if run is not None and not as_json:
+        typer.echo(f"recorded run {run.id}")
+
+
+def _recording(device: str, inventory: Optional[Path], model: Path, db: Optional[Path], label: Optional[str]):
+    """The results-database row of this bench (edgeyolo.bench.results.record_run): committed as 'running'
+    before the board is touched; a bundle folder is hashed whole."""
+    import shlex
+    import sys
+
+    from edgeyolo.bench.results import record_run, sha256_file
+    from edgeyolo.errors import InputFileError
+    from edgeyolo.targets.inventory import get_device
+
+    if not model.exists():
+        raise InputFileError(f"--model {model}: no such file or folder")
+    target = get_device(device, inventory).target
+    sha = tree_sha256(model) if model.is_dir() else sha256_file(model)
+    return record_run(
+        db, kind="board", target=target, device=device, artifact=model.resolve(), artifact_sha256=sha, label=label,
+        command=shlex.join(["edgeyolo", *sys.argv[1:]]), board_state={}, toolchain={},
+    )
+
+
+def tree_sha256(folder: Path) -> str:
+    """One sha256 over a bundle folder: each file's relative path and content hash, in sorted order."""
+    import hashlib
+
+    from edgeyolo.bench.results import sha256_file
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(f"{f.relative_to(folder).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def bench_metrics(payload: dict) -> dict:
+    """The numbers of a ``bench device --json`` payload as results-database metrics.
+
+    Headline (single stream, what 'results check' gates on by default): fps, latency_ms.p50/p90/p99/mean,
+    power_w, fps_per_w; fps_max is the best throughput over the stream counts. Every phase also gets
+    streams.<N>.{fps, frames, latency_ms.*, pre_ms, infer_ms, post_ms, power_w, fps_per_w}, and a
+    --map run adds map50 / map50_95 (scored on the host from the board's detections).
+    """
+    phases = [p for p in payload.get("phases", []) if p.get("frames")]
+    metrics: dict = {"streams": {}}
+    for p in phases:
+        metrics["streams"][str(p["streams"])] = {
+            "fps": p["fps"], "frames": p["frames"], "latency_ms": {k: p["latency_ms"][k] for k in ("p50", "p90", "p99", "mean")},
+            "pre_ms": p["pre_ms"], "infer_ms": p["infer_ms"], "post_ms": p["post_ms"],
+            "power_w": p.get("power_w"), "fps_per_w": p.get("fps_per_w"),
+        }
+    single = metrics["streams"].get("1")
+    if single is not None:
+        metrics.update({k: single[k] for k in ("fps", "latency_ms", "power_w", "fps_per_w")})
+    if phases:
+        metrics["fps_max"] = max(p["fps"] for p in phases)
+    accuracy = payload.get("accuracy")
+    if accuracy:
+        metrics["map50"], metrics["map50_95"] = accuracy.get("map50"), accuracy.get("map50_95")
+    # None (no power rail, no --map) is left out: the metrics table holds numbers only
+    return _drop_none(metrics)
+
+
+def _drop_none(node: dict) -> dict:
+    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in node.items() if v is not None}
+
+
+def board_conditions(payload: dict) -> tuple[dict, dict]:
+    """(board_state, toolchain) of a bench payload: the settings two runs must share to be compared.
+
+    Only settings, never observations: the power mode, whether the clocks are pinned and their
+    ceilings, online CPUs, the DPU fingerprint; runtime (TensorRT / onnxruntime / VART) and JetPack
+    versions. Free disk, memory and current clocks change run to run and would make every pair of
+    runs 'not comparable' to the regression gate, so they stay in the bench JSON only.
+    """
+    board = payload.get("board") or {}
+    state: dict = {"power_mode": payload.get("power_mode"), "device_model": (board.get("device_model") or "").strip("\x00\n ") or None,
+                   "machine": board.get("machine"), "cpus": board.get("cpus"), "input_size": payload.get("input_size")}
+    clocks = (board.get("jetson_clocks") or {})
+    if clocks.get("code") == 0 and clocks.get("out"):
+        from edgeyolo.targets.jetson.nvpmodel import parse_jetson_clocks
+        from edgeyolo.targets.parsing import ToolOutputError
+
+        try:
+            c = parse_jetson_clocks(clocks["out"])
+        except ToolOutputError:
+            c = None
+        if c is not None:
+            state["clocks"] = {"pinned": c.clocks_pinned, "online_cpus": list(c.online_cpus),
+                               "gpu_max_hz": c.gpu.max_hz if c.gpu else None, "emc_max_hz": c.emc.max_hz if c.emc else None}
+    query = board.get("xdputil_query") or {}
+    if query.get("code") == 0 and query.get("out"):
+        from edgeyolo.targets.parsing import ToolOutputError
+        from edgeyolo.targets.zynq.xdputil import parse_xdputil_query
+
+        try:
+            q = parse_xdputil_query(query["out"])
+            state["dpu"] = {"fingerprint": q.fingerprint.hex, "arch": q.kernels[0].arch, "cores": q.core_count}
+            vai = q.vai_version
+        except ToolOutputError:
+            vai = None
+    else:
+        vai = None
+    jetpack = board.get("jetpack") or {}
+    l4t = (board.get("l4t") or "").strip().splitlines()
+    toolchain = {
+        "backend": payload.get("backend"), "runtime": payload.get("runtime_version"), "board_python": board.get("python"),
+        "l4t": l4t[0].lstrip("# ") if l4t else None,
+        "jetpack": (jetpack.get("out") or "").strip() or None if jetpack.get("code") == 0 else None,
+        "vitis_ai": vai,
+    }
+    return _drop_none(state), _drop_none(toolchain)
 
 
 def bench_deploy_throughput(
