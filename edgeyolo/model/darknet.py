@@ -214,7 +214,7 @@ class Darknet(nn.Module):
                     parts = [p.chunk(layer.groups, dim=1)[layer.group_id] for p in parts]
                 x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
             elif isinstance(layer, ShortcutSpec):
-                x = x + outputs[layer.source]
+                x = self._shortcut(module, x, outputs[layer.source])
                 if layer.activation != "linear":
                     x = make_activation(layer.activation)(x)
             elif isinstance(layer, ScaleChannelsSpec):
@@ -230,6 +230,10 @@ class Darknet(nn.Module):
             if layer.index in capture:
                 captured[layer.index] = x
         return heads, captured
+
+    def _shortcut(self, module: nn.Module, x: Tensor, source: Tensor) -> Tensor:
+        """A ``[shortcut]``'s add (a hook: quantized models quantize both inputs first)."""
+        return x + source
 
     def forward_raw(self, x: Tensor) -> list[Tensor]:
         return self.run(x)[0]

@@ -38,8 +38,8 @@ from edgeyolo.compress.quant.fakequant import (
 )
 from edgeyolo.compress.quant.spec import DPU_LEAKY_SLOPE, QuantSpec
 from edgeyolo.errors import UsageError
-from edgeyolo.model.cfg import ConvSpec, RouteSpec, ScaleChannelsSpec, ShortcutSpec, YoloSpec
-from edgeyolo.model.darknet import ConvBlock, Darknet, make_activation
+from edgeyolo.model.cfg import ConvSpec, ShortcutSpec
+from edgeyolo.model.darknet import ConvBlock, Darknet
 
 EMA_MOMENTUM = 0.1  # activation range tracking during QAT (the reference's AveragedRangeTracker)
 BN_FOLD_MOMENTUM = 0.01  # running statistics under BN-folded QAT (the reference: ~+1 % mAP vs 0.1)
@@ -229,34 +229,8 @@ class QuantDarknet(Darknet):
 
     quant_spec: QuantSpec
 
-    def run(self, x: Tensor, capture: frozenset[int] | set[int] = frozenset()) -> tuple[list[Tensor], dict[int, Tensor]]:
-        outputs: dict[int, Tensor] = {}
-        heads: list[Tensor] = []
-        captured: dict[int, Tensor] = {}
-        for layer, module in zip(self.cfg.layers, self.module_list):
-            if isinstance(layer, RouteSpec):
-                parts = [outputs[i] for i in layer.layers]
-                if layer.groups > 1:
-                    parts = [p.chunk(layer.groups, dim=1)[layer.group_id] for p in parts]
-                x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-            elif isinstance(layer, ShortcutSpec):
-                source = outputs[layer.source]
-                x = module(x, source) if isinstance(module, QuantShortcut) else x + source
-                if layer.activation != "linear":
-                    x = make_activation(layer.activation)(x)
-            elif isinstance(layer, ScaleChannelsSpec):
-                x = outputs[layer.source] * x
-                if layer.activation != "linear":
-                    x = make_activation(layer.activation)(x)
-            elif isinstance(layer, YoloSpec):
-                heads.append(x)
-            else:
-                x = module(x)
-            if layer.index in self._keep:
-                outputs[layer.index] = x
-            if layer.index in capture:
-                captured[layer.index] = x
-        return heads, captured
+    def _shortcut(self, module: nn.Module, x: Tensor, source: Tensor) -> Tensor:
+        return module(x, source) if isinstance(module, QuantShortcut) else x + source
 
 
 def is_quantized(model: nn.Module) -> bool:
