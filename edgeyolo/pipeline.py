@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 
 from edgeyolo.errors import CfgError, EdgeYoloError, UsageError
 from edgeyolo.model.io import atomic_write_text
+from edgeyolo.model.io import sha256_file as file_sha256
 
 STAGES = ("adapt", "train", "sparse", "prune", "finetune", "quantize", "export", "deploy")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -169,14 +170,6 @@ class StageRecord:
     wall_s: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stage_key(name: str, params: dict[str, Any], upstream: str, inputs: list[Path]) -> str:
@@ -324,8 +317,8 @@ class Build:
     def _source(self, key: str) -> Artifact:
         """The starting model as a model folder (cfg + safetensors) inside the build folder; written
         once per key, so the stages after it see the same bytes."""
-        from edgeyolo.model.checkpoint import load_model, save_checkpoint
         from edgeyolo.model.cfg import format_cfg
+        from edgeyolo.model.checkpoint import load_model, save_checkpoint
 
         folder = self.out / "stages" / "source"
         marker = folder / STAGE_FILE

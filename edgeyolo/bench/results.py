@@ -23,7 +23,6 @@ The regression gate is :func:`check_regression`; its rule is written there.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from edgeyolo.errors import EdgeYoloError, InputFileError, UsageError
+from edgeyolo.model.io import sha256_file  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,6 @@ def normalise_time(value: str) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def git_rev(cwd: str | Path | None = None) -> Optional[str]:

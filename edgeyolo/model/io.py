@@ -55,9 +55,16 @@ def read_image(path: str | Path):
     return image
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, length: int | None = None) -> str:
+    """sha256 of a file, or of its first ``length`` bytes (a partial upload's prefix)."""
     digest = hashlib.sha256()
+    left = length
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+        while left is None or left > 0:
+            block = fh.read(1 << 20 if left is None else min(1 << 20, left))
+            if not block:
+                break
+            digest.update(block)
+            if left is not None:
+                left -= len(block)
     return digest.hexdigest()

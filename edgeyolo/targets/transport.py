@@ -49,6 +49,7 @@ from edgeyolo.errors import (
     RemoteTimeout,
     TargetError,
 )
+from edgeyolo.model.io import sha256_file as sha256_of  # noqa: F401 - part of this module's API
 from edgeyolo.targets.inventory import Device
 
 log = logging.getLogger(__name__)
@@ -65,19 +66,6 @@ def quote_argv(argv: Sequence[object]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
-def sha256_of(path: str | Path, length: int | None = None) -> str:
-    """sha256 of a file, or of its first ``length`` bytes."""
-    digest = hashlib.sha256()
-    left = length
-    with open(path, "rb") as fh:
-        while left is None or left > 0:
-            block = fh.read(CHUNK if left is None else min(CHUNK, left))
-            if not block:
-                break
-            digest.update(block)
-            if left is not None:
-                left -= len(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeyolo.errors import TargetError, UsageError
+from edgeyolo.model.io import sha256_file as sha256_of  # noqa: F401 - part of this module's API
 from edgeyolo.targets.parsing import ToolOutputError, require_text
 from edgeyolo.targets.profiles import Family, Precision, TargetProfile
 
@@ -172,12 +173,6 @@ class EngineKey:
         return f"{stem}-{self.precision}-{shape}-trt{self.trt_version}{dla}-{self.digest}.engine"
 
 
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def engine_key(
