@@ -48,25 +48,80 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
+PrecisionOpt = typer.Option(
+    None, "--precision", help="TensorRT engine precision: fp32 | fp16 | int8 (default: the target's; int8 needs a Q/DQ ONNX or --calib)."
+)
+CalibOpt = typer.Option(None, "--calib", help="INT8 calibration cache for the engine build (implicit quantization).")
+TrtexecOpt = typer.Option(
+    None, "--trtexec", help="trtexec on the board (default: the target's, /usr/src/tensorrt/bin/trtexec); relative to the workdir."
+)
+BuildTimeoutOpt = typer.Option(3600.0, "--build-timeout", help="Seconds an engine build on the board may take.")
+
+
 def deploy(
     artifacts: List[Path] = typer.Argument(..., help="Model files (.onnx/.engine/.xmodel) or bundle folders."),
     device: str = DeviceOpt,
     inventory: Optional[Path] = InventoryOpt,
     trust_new_host_key: bool = TrustOpt,
+    engine: bool = typer.Option(
+        False, "--engine", help="Also build the TensorRT engine of each .onnx on the board (jetson-* devices; cached by TensorRT, GPU, precision, shape, ONNX)."
+    ),
+    precision: Optional[str] = PrecisionOpt,
+    calib: Optional[Path] = CalibOpt,
+    trtexec: Optional[str] = TrtexecOpt,
+    build_timeout: float = BuildTimeoutOpt,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Copy artifacts (and the agent) to the board: unchanged files cost 0 bytes; a dropped upload resumes."""
+    """Copy artifacts (and the agent) to the board: unchanged files cost 0 bytes; a dropped upload resumes.
+    With --engine, build each ONNX's TensorRT engine there with trtexec (skipped when already built)."""
+    from edgeyolo.errors import UsageError
     from edgeyolo.targets.runner import deploy as run_deploy
 
+    onnx = [a for a in artifacts if a.is_file() and a.suffix.lower() == ".onnx"]
+    if not engine and (precision is not None or calib is not None or trtexec is not None):
+        raise UsageError("--precision, --calib and --trtexec set how the engine is built; add --engine")
+    if engine and not onnx:
+        raise UsageError("--engine builds TensorRT engines from .onnx files; none was given")
     with _connect(device, inventory, trust_new_host_key) as transport:
+        profile = _engine_profile(transport.device) if engine else None
         report = run_deploy(transport, artifacts, progress=_progress())
+        engines = []
+        if profile is not None:
+            from edgeyolo.targets.jetson.engine import engine_summary, ensure_engine
+
+            for path in onnx:
+                built = ensure_engine(transport, path, profile, precision, calib_cache=calib, timeout=build_timeout,
+                                      on_log=None if as_json else transport.on_stderr, trtexec=trtexec)
+                engines.append(built)
+                if not as_json:
+                    typer.echo(engine_summary(built))
     if as_json:
-        typer.echo(json.dumps({"device": device, **report.to_dict()}, indent=1))
+        payload = {"device": device, **report.to_dict()}
+        if engine:
+            payload["engines"] = [e.to_dict() for e in engines]
+        typer.echo(json.dumps(payload, indent=1))
         return
     for u in report.uploads:
         state = "unchanged" if u.skipped else f"resumed at {_size(u.resumed_from)}" if u.resumed_from else "uploaded"
         typer.echo(f"{state:>22}  {_size(u.size):>9}  {u.remote}")
     typer.echo(f"{device}: {len(report.uploads)} files, {report.unchanged} unchanged, {_size(report.bytes_sent)} sent in {report.seconds:.1f} s")
+
+
+def _engine_profile(dev):
+    """The jetson-* profile of an inventory device, or a UsageError saying how to set it."""
+    from edgeyolo.errors import UsageError
+    from edgeyolo.targets.profiles import Family, get_target
+
+    try:
+        profile = get_target(dev.target)
+    except UsageError:
+        profile = None
+    if profile is None or profile.family is not Family.JETSON:
+        raise UsageError(
+            f"--engine builds TensorRT engines on Jetson boards; device '{dev.name}' has target '{dev.target}'. "
+            "Set its target in the inventory (target: jetson-nano, jetson-tx2, jetson-xavier-nx or jetson-orin-nano)"
+        )
+    return profile
 
 
 def doctor(
@@ -102,6 +157,13 @@ def bench_device(
     images: Optional[Path] = typer.Option(None, "--images", help="Images to time on (default: seeded noise)."),
     map_data: Optional[Path] = typer.Option(None, "--map", help="Also score mAP on this dataset's val split (host-side)."),
     metric: str = typer.Option("coco", "--metric", help="coco | voc07 | voc12 (with --map)."),
+    engine: Optional[bool] = typer.Option(
+        None, "--engine/--no-engine", help="On a jetson-* device an .onnx is timed as its TensorRT engine built on the board; --no-engine times the ONNX with onnxruntime."
+    ),
+    precision: Optional[str] = PrecisionOpt,
+    calib: Optional[Path] = CalibOpt,
+    trtexec: Optional[str] = TrtexecOpt,
+    build_timeout: float = BuildTimeoutOpt,
     inventory: Optional[Path] = InventoryOpt,
     trust_new_host_key: bool = TrustOpt,
     record: bool = typer.Option(False, "--record", help="Store the run in the results database (see 'edgeyolo results')."),
@@ -117,13 +179,14 @@ def bench_device(
 
         raise UsageError("--db and --label only apply with --record")
     recording = _recording(device, inventory, model, db, label) if record else contextlib.nullcontext()
+    build = {"engine": engine, "precision": precision, "calib_cache": calib, "trtexec": trtexec, "build_timeout": build_timeout}
     with recording as run:
         _bench_device(device, model, duration, warmup, threads, ort_threads, images, map_data, metric, inventory,
-                      trust_new_host_key, as_json, run)
+                      trust_new_host_key, as_json, run, build)
 
 
 def _bench_device(device, model, duration, warmup, threads, ort_threads, images, map_data, metric, inventory,
-                  trust_new_host_key, as_json, run) -> None:
+                  trust_new_host_key, as_json, run, build) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -133,12 +196,13 @@ def _bench_device(device, model, duration, warmup, threads, ort_threads, images,
 
     with _connect(device, inventory, trust_new_host_key) as transport:
         log = transport.on_stderr
-        result = run_bench(transport, model, duration, warmup, threads, ort_threads, images, on_log=log, progress=_progress())
+        result = run_bench(transport, model, duration, warmup, threads, ort_threads, images, on_log=log, progress=_progress(),
+                           **build)
         evaluation = None
         if map_data is not None and result.error is None:
             from edgeyolo.data.formats import load_dataset
 
-            evaluation = predict_on_device(transport, model, load_dataset(map_data, "val"), metric, on_log=log)
+            evaluation = predict_on_device(transport, model, load_dataset(map_data, "val"), metric, on_log=log, **build)
     payload = result.to_dict()
     if evaluation is not None:
         payload["accuracy"] = {"data": str(map_data), "metric": metric, "skipped": evaluation.skipped, **evaluation.result.to_dict()}
@@ -165,6 +229,10 @@ def _bench_device(device, model, duration, warmup, threads, ort_threads, images,
             )
         console = Console(width=140)
         console.print(table)
+        if result.engine is not None:
+            e, t = result.engine, result.engine.get("trtexec") or {}
+            console.print(f"engine {'cached' if e['cached'] else 'built'}: {e['engine']} ({e['precision']}, TensorRT {e['tensorrt']}, {e['gpu']})"
+                          + (f"; trtexec measured {t['throughput_qps']:.1f} qps" if t.get("throughput_qps") else ""))
         d = result.deploy
         if d is not None:
             console.print(f"deploy: {d.unchanged}/{len(d.uploads)} files unchanged, {_size(d.bytes_sent)} sent; results in {result.results_file} on the board")

@@ -16,12 +16,17 @@ line by line, so whatever the agent finished survives if it is killed):
     agent.py info                         board state: versions, tools, power mode, disk, swap
     agent.py bench --model M --out F      warm-up, then a fixed duration with 1 and N streams
     agent.py predict --model M --list L --out F    detections for an eval set (mAP is scored on the host)
+    agent.py app --model M --source SRC [--output V] [--jsonl F]   the minimal on-board detector: frames
+                                          from a file, camera or GStreamer pipeline (--jetson-csi), boxes
+                                          drawn into a video and/or detections as JSON lines, FPS at the end
 """
 import argparse
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -498,6 +503,66 @@ def _module_version(name):
 
 MODULES = ("numpy", "cv2", "onnxruntime", "tensorrt", "pycuda", "cuda", "xir", "vart", "PIL")
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/bin/trtexec")
+NVINFER_PACKAGES = ("libnvinfer10", "libnvinfer8", "libnvinfer7", "tensorrt")
+NVINFER_HEADERS = (
+    "/usr/include/aarch64-linux-gnu/NvInferVersion.h", "/usr/include/x86_64-linux-gnu/NvInferVersion.h",
+    "/usr/include/NvInferVersion.h", "/usr/local/tensorrt/include/NvInferVersion.h",
+)
+# The GPU of each Jetson SoC (the last entry of /proc/device-tree/compatible), named as the target
+# profiles name it, so an engine key computed from the board equals the one the profile predicts.
+TEGRA_GPUS = {"tegra210": "Maxwell GM20B", "tegra186": "Pascal GP10B", "tegra194": "Volta GV10B", "tegra234": "Ampere GA10B"}
+
+
+def _version_text(text):
+    m = re.match(r"\s*(\d+\.\d+(?:\.\d+)*)", text or "")
+    return m.group(1) if m else None
+
+
+def tensorrt_version(import_module=True):
+    """{'version', 'source'} of the board's TensorRT, or None: what an engine is tied to. Read from the
+    Python bindings, else the Debian package, else the C++ header (JetPack has all three, a minimal
+    image may have only the library package)."""
+    if import_module:
+        v = _version_text(_module_version("tensorrt") or "")
+        if v:
+            return {"version": v, "source": "python tensorrt module"}
+    for package in NVINFER_PACKAGES:
+        r = _run(["dpkg-query", "-W", "-f=${Version}", package])
+        v = _version_text(r["out"]) if r and r["code"] == 0 else None
+        if v:
+            return {"version": v, "source": "dpkg " + package}
+    for header in NVINFER_HEADERS:
+        text = _read(header)
+        if not text:
+            continue
+        defines = dict(re.findall(r"#define\s+(\w+)\s+(\w+)", text))
+        parts = []
+        for name in ("NV_TENSORRT_MAJOR", "NV_TENSORRT_MINOR", "NV_TENSORRT_PATCH"):
+            value = defines.get(name, "")
+            value = defines.get(value, value)  # TensorRT 10 defines them through TRT_*_ENTERPRISE
+            if not value.isdigit():
+                break
+            parts.append(value)
+        if len(parts) == 3:
+            return {"version": ".".join(parts), "source": header}
+    return None
+
+
+def gpu_name():
+    """{'name', 'source'} of the GPU an engine would be built for, or None."""
+    r = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
+    if r and r["code"] == 0 and r["out"].strip():
+        return {"name": r["out"].strip().splitlines()[0].strip(), "source": "nvidia-smi"}
+    try:
+        with open("/proc/device-tree/compatible", "rb") as fh:
+            compatible = [c.decode("ascii", "replace") for c in fh.read(4096).split(b"\x00") if c]
+    except (IOError, OSError):
+        compatible = []
+    for entry in reversed(compatible):
+        soc = entry.split(",")[-1]
+        if soc.startswith("tegra"):
+            return {"name": TEGRA_GPUS.get(soc, soc), "source": "/proc/device-tree/compatible " + entry}
+    return None
 
 
 def board_state(workdir=".", modules=True):
@@ -518,6 +583,8 @@ def board_state(workdir=".", modules=True):
         "xdputil": shutil.which("xdputil"),
         "xdputil_query": _run(["xdputil", "query"], timeout=20),
         "meminfo": _read("/proc/meminfo"),
+        "tensorrt": tensorrt_version(import_module=modules),
+        "gpu": gpu_name(),
     }
     try:
         st = os.statvfs(workdir)
@@ -660,6 +727,9 @@ def run_phase(backend, contract, images, streams, warmup, duration, out):
 
 
 def cmd_info(args):
+    if args.engine:  # only what a TensorRT engine is tied to: quick, no other module imported
+        print(json.dumps({"agent": AGENT_VERSION, "tensorrt": tensorrt_version(), "gpu": gpu_name()}, sort_keys=True))
+        return
     print(json.dumps(board_state(args.workdir), sort_keys=True))
 
 
@@ -714,12 +784,149 @@ def cmd_predict(args):
     out.close()
 
 
+# ============================================================================ the on-board app
+
+
+def jetson_csi_pipeline(sensor_id=0, width=1280, height=720, fps=30, flip=0):
+    """The GStreamer pipeline for a Jetson CSI camera (IMX219 & co. through the Argus ISP): NV12 in
+    NVMM memory, converted by the VIC (nvvidconv) to BGRx, then to the BGR frames OpenCV reads. The
+    appsink drops stale frames, so a slow model sees the newest frame, not a growing queue."""
+    return (
+        f"nvarguscamerasrc sensor-id={int(sensor_id)} ! "
+        f"video/x-raw(memory:NVMM), width=(int){int(width)}, height=(int){int(height)}, "
+        f"format=(string)NV12, framerate=(fraction){int(fps)}/1 ! "
+        f"nvvidconv flip-method={int(flip)} ! video/x-raw, format=(string)BGRx ! "
+        "videoconvert ! video/x-raw, format=(string)BGR ! appsink drop=true max-buffers=1"
+    )
+
+
+def open_capture(source):
+    """cv2.VideoCapture of a camera index ('0'), a GStreamer pipeline (has ' ! ') or a file/URL."""
+    import cv2
+
+    if source.isdigit():
+        cap, what = cv2.VideoCapture(int(source)), f"camera {source} (/dev/video{source})"
+        hint = "is a camera plugged in, and is the user in the 'video' group?"
+    elif "!" in source:
+        cap, what = cv2.VideoCapture(source, cv2.CAP_GSTREAMER), "the GStreamer pipeline"
+        hint = ("this OpenCV must be built with GStreamer (JetPack's python3-opencv is; pip's opencv-python is not), "
+                "and the pipeline must run with gst-launch-1.0 (end it with fakesink to try)")
+    else:
+        if "://" not in source and not os.path.isfile(source):
+            raise AgentError(f"video {source} not found on the board")
+        cap, what, hint = cv2.VideoCapture(source), source, "is it a video OpenCV can decode (ffmpeg/GStreamer)?"
+    if not cap.isOpened():
+        raise AgentError(f"could not open {what}: {hint}")
+    return cap
+
+
+def _video_writer(path, fps, shape):
+    import cv2
+
+    fourcc = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "XVID"}.get(os.path.splitext(path)[1].lower())
+    if fourcc is None:
+        raise AgentError(f"--output {path}: use .mp4, .avi or .mkv")
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        os.makedirs(folder)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise AgentError(f"OpenCV cannot write {path} with the {fourcc} codec on this board; try .avi (MJPG)")
+    return writer
+
+
+def draw_detections(frame, det, names=None):
+    """Boxes with 'class score' labels, one colour per class, drawn in place."""
+    import cv2
+
+    for x1, y1, x2, y2, score, cls in det:
+        c = int(cls)
+        colour = ((c * 67 + 40) % 256, (c * 137 + 90) % 256, (c * 211 + 160) % 256)
+        p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
+        cv2.rectangle(frame, p1, p2, colour, 2)
+        label = f"{names[c] if names and c < len(names) else c} {score:.2f}"
+        (w, h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        top = max(p1[1] - h - base, 0)
+        cv2.rectangle(frame, (p1[0], top), (p1[0] + w, top + h + base), colour, -1)
+        cv2.putText(frame, label, (p1[0], top + h), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return frame
+
+
+def cmd_app(args):
+    import cv2
+
+    if args.jetson_csi:
+        source = jetson_csi_pipeline(args.sensor_id, args.width, args.height, args.fps, args.flip)
+    elif args.source:
+        source = args.source
+    else:
+        raise AgentError("give --source (a video file, a camera index or a GStreamer pipeline) or --jetson-csi")
+    if not args.output and not args.jsonl:
+        raise AgentError("nothing to write: give --output VIDEO and/or --jsonl FILE")
+    names = None
+    if args.names:
+        with open(args.names) as fh:
+            names = [line.strip() for line in fh if line.strip()]
+    backend = load_backend(args.model, args.ort_threads)
+    contract = backend.info.contract(conf_threshold=args.conf, iou_threshold=args.iou, max_detections=args.max_det)
+    cap = open_capture(source)
+    stop = threading.Event()  # SIGTERM (a remote timeout, Ctrl-C over ssh) ends the loop, not the file
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    out = JsonLines(args.jsonl) if args.jsonl else None
+    if out is not None:
+        out.write(kind="start", pid=os.getpid(), model=args.model, source=source, backend=backend.name)
+    writer = None
+    fps_in = cap.get(cv2.CAP_PROP_FPS)
+    frames, infer_s, started = 0, 0.0, time.time()
+    sys.stderr.write(f"edgeyolo-agent: {os.path.basename(args.model)} on {backend.name} ({backend.version}) "
+                     f"reading {source}\n")
+    sys.stderr.flush()
+    try:
+        while not stop.is_set() and (args.max_frames <= 0 or frames < args.max_frames):
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            blob, box = contract.preprocess(frame)
+            t0 = time.perf_counter()
+            pred = backend.infer(blob)
+            infer_s += time.perf_counter() - t0
+            det = contract.postprocess(pred[0], box)
+            if out is not None:
+                out.write(kind="frame", index=frames, det=det.tolist())
+            if args.output:
+                if writer is None:
+                    writer = _video_writer(args.output, fps_in if 0 < fps_in < 1000 else 30.0, frame.shape)
+                writer.write(draw_detections(frame, det, names))
+            frames += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+        backend.close()
+    seconds = time.time() - started
+    summary = {"frames": frames, "seconds": round(seconds, 4), "fps": round(frames / seconds, 3) if seconds > 0 else 0.0,
+               "infer_ms": round(infer_s * 1e3 / frames, 4) if frames else None, "backend": backend.name,
+               "runtime_version": backend.version, "output": args.output, "jsonl": args.jsonl}
+    if out is not None:
+        out.write(kind="done", **summary)
+        out.close()
+    if not frames:
+        raise AgentError(f"no frame could be read from {source}")
+    sys.stderr.write(f"edgeyolo-agent: {frames} frames in {seconds:.2f} s: {summary['fps']:.1f} FPS "
+                     f"(inference {summary['infer_ms']:.1f} ms per frame)\n")
+    print(json.dumps(summary, sort_keys=True))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="edgeyolo-agent", description="edgeyolo's on-board agent")
     parser.add_argument("--version", action="version", version=f"edgeyolo-agent {AGENT_VERSION}")
     sub = parser.add_subparsers(dest="command")
     info = sub.add_parser("info", help="board state as JSON")
     info.add_argument("--workdir", default=".")
+    info.add_argument("--engine", action="store_true", help="only the TensorRT version and GPU an engine is built for")
     for name in ("bench", "predict"):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True)
@@ -736,8 +943,25 @@ def main(argv=None):
     predict.add_argument("--conf", type=float, default=None)
     predict.add_argument("--iou", type=float, default=None)
     predict.add_argument("--max-det", type=int, default=None)
+    app = sub.add_parser("app", help="detect on a video, camera or GStreamer stream; draw or log the boxes")
+    app.add_argument("--model", required=True)
+    app.add_argument("--source", default=None, help="video file, camera index (0) or GStreamer pipeline (with appsink)")
+    app.add_argument("--jetson-csi", action="store_true", help="read the Jetson CSI camera (nvarguscamerasrc)")
+    app.add_argument("--sensor-id", type=int, default=0, help="with --jetson-csi: the CSI port")
+    app.add_argument("--width", type=int, default=1280, help="with --jetson-csi: capture width")
+    app.add_argument("--height", type=int, default=720, help="with --jetson-csi: capture height")
+    app.add_argument("--fps", type=int, default=30, help="with --jetson-csi: capture frame rate")
+    app.add_argument("--flip", type=int, default=0, help="with --jetson-csi: nvvidconv flip-method (0-7)")
+    app.add_argument("--output", default=None, help="video with the boxes drawn (.mp4, .avi or .mkv)")
+    app.add_argument("--jsonl", default=None, help="detections as JSON lines, one per frame")
+    app.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
+    app.add_argument("--conf", type=float, default=None, help="score threshold (default: the model's contract)")
+    app.add_argument("--iou", type=float, default=None)
+    app.add_argument("--max-det", type=int, default=None)
+    app.add_argument("--names", default=None, help="text file of class names, one per line, for the labels")
+    app.add_argument("--ort-threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     args = parser.parse_args(argv)
-    commands = {"info": cmd_info, "bench": cmd_bench, "predict": cmd_predict}
+    commands = {"info": cmd_info, "bench": cmd_bench, "predict": cmd_predict, "app": cmd_app}
     if args.command not in commands:
         parser.print_help(sys.stderr)
         return 2

@@ -213,6 +213,7 @@ class DeviceBench:
     error: str | None = None
     deploy: DeployReport | None = None
     results_file: str = ""
+    engine: dict[str, Any] | None = None  # the TensorRT engine built (or found) on the board for an ONNX
 
     def phase(self, streams: int) -> Phase | None:
         return next((p for p in self.phases if p.streams == streams), None)
@@ -223,7 +224,7 @@ class DeviceBench:
             "device": self.device, "model": self.model, "backend": self.backend, "runtime_version": self.runtime_version,
             "input_size": self.input_size, "phases": phases, "power_mode": self.power_mode, "partial": self.partial,
             "error": self.error, "results_file": self.results_file, "board": self.board,
-            "deploy": self.deploy.to_dict() if self.deploy else None,
+            "deploy": self.deploy.to_dict() if self.deploy else None, "engine": self.engine,
         }
 
 
@@ -340,15 +341,35 @@ def bench_device(
     images: Path | None = None,
     on_log: LineSink | None = None,
     progress: Progress | None = None,
+    engine: bool | None = None,
+    precision: str | None = None,
+    calib_cache: str | Path | None = None,
+    trtexec: str | None = None,
+    build_timeout: float = 3600.0,
 ) -> DeviceBench:
     """Deploy ``model`` (skipped when unchanged) and time it on the board: FPS with 1 and N streams,
-    latency percentiles, the pre/infer/post split, power and board state."""
+    latency percentiles, the pre/infer/post split, power and board state.
+
+    An ``.onnx`` for a jetson-* device is benchmarked as the TensorRT engine built from it on the
+    board (cached there; see ``edgeyolo.targets.jetson.engine``) unless ``engine`` is False, which
+    times the ONNX itself with onnxruntime on the board's CPU.
+    """
     if duration <= 0 or warmup < 0 or streams < 0:
         raise UsageError("--duration must be positive; --warmup and --threads must not be negative")
     dev = transport.device
+    family = device_family(dev.target)
+    is_onnx = Path(model).is_file() and Path(model).suffix.lower() == ".onnx"
+    if engine is None:
+        engine = family == "jetson" and is_onnx
+    elif engine and not (family == "jetson" and is_onnx):
+        raise UsageError(f"an engine is built from an .onnx on a jetson-* device; {dev.name} has target "
+                         f"'{dev.target}' and the model is {Path(model).name}")
+    if not engine and (precision is not None or calib_cache is not None):
+        raise UsageError("--precision and --calib choose how the TensorRT engine is built; they need an .onnx on a jetson-* device")
+    engine_result = None
     with tempfile.TemporaryDirectory() as tmp:
         plan = deploy_plan([model], Path(tmp))
-        remote_model = pick_model(plan, device_family(dev.target))
+        remote_model = pick_model(plan, family)
         extra: list[tuple[Path, str]] = []
         if images is not None:
             files = sorted(p for p in Path(images).iterdir() if p.is_file())[:64]
@@ -357,6 +378,12 @@ def bench_device(
             extra = [(f, f"{DATA}/bench-images/{f.name}") for f in files]
         with BoardLock(transport, f"bench {Path(model).name}"):
             report = upload(transport, plan + extra, progress)
+            if engine:
+                from edgeyolo.targets.jetson.engine import ensure_engine
+
+                engine_result = ensure_engine(transport, model, dev.target, precision, calib_cache=calib_cache,
+                                              timeout=build_timeout, on_log=on_log, trtexec=trtexec, lock=False)
+                remote_model = engine_result.engine
             out = f"{RUNS}/{new_run_id()}.jsonl"
             argv: list[object] = ["bench", "--model", remote_model, "--duration", duration, "--warmup", warmup,
                                   "--streams", streams, "--ort-threads", ort_threads, "--workdir", "."]
@@ -364,7 +391,8 @@ def bench_device(
                 argv += ["--images", f"{DATA}/bench-images"]
             # two phases (1 and N streams), each warm-up + duration, plus model load time
             records, error = run_agent(transport, argv, out, 2 * (warmup + duration) + 120.0, on_log)
-    bench = summarize_records(records, DeviceBench(dev.name, remote_model, deploy=report, results_file=out))
+    bench = summarize_records(records, DeviceBench(dev.name, remote_model, deploy=report, results_file=out,
+                                                   engine=engine_result.to_dict() if engine_result else None))
     if error is not None:
         if not any(p.frames for p in bench.phases):
             raise error
@@ -395,17 +423,26 @@ def predict_on_device(
     max_det: int = 100,
     on_log: LineSink | None = None,
     progress: Progress | None = None,
+    engine: bool | None = None,
+    precision: str | None = None,
+    calib_cache: str | Path | None = None,
+    trtexec: str | None = None,
+    build_timeout: float = 3600.0,
 ) -> DeviceEvaluation:
     """Detections on the board for every image of ``dataset`` (a DetectionDataset), scored here with
-    the metrics ``edgeyolo test`` uses; the thresholds default to test's (full PR curve)."""
+    the metrics ``edgeyolo test`` uses; the thresholds default to test's (full PR curve). An ``.onnx``
+    on a jetson-* device is scored as its TensorRT engine, as :func:`bench_device` times it."""
     import numpy as np
 
     from edgeyolo.train.metrics import evaluate
 
     dev = transport.device
+    family = device_family(dev.target)
+    if engine is None:
+        engine = family == "jetson" and Path(model).is_file() and Path(model).suffix.lower() == ".onnx"
     with tempfile.TemporaryDirectory() as tmp:
         plan = deploy_plan([model], Path(tmp))
-        remote_model = pick_model(plan, device_family(dev.target))
+        remote_model = pick_model(plan, family)
         source = str(dataset.source) or "set"
         tag = f"{DATA}/eval-{Path(source).stem}-{hashlib.sha1(source.encode()).hexdigest()[:8]}"
         images = [(s.image, f"{tag}/{i:06d}{Path(s.image).suffix.lower()}") for i, s in enumerate(dataset.samples)]
@@ -413,6 +450,11 @@ def predict_on_device(
         listing.write_text("".join(r + "\n" for _, r in images))
         with BoardLock(transport, f"predict {Path(model).name}"):
             upload(transport, plan + images + [(listing, f"{tag}/list.txt")], progress)
+            if engine:
+                from edgeyolo.targets.jetson.engine import ensure_engine
+
+                remote_model = ensure_engine(transport, model, dev.target, precision, calib_cache=calib_cache,
+                                             timeout=build_timeout, on_log=on_log, trtexec=trtexec, lock=False).engine
             out = f"{RUNS}/{new_run_id()}.preds.jsonl"
             argv: list[object] = ["predict", "--model", remote_model, "--list", f"{tag}/list.txt", "--conf", conf,
                                   "--iou", iou, "--max-det", max_det, "--workdir", "."]
