@@ -21,6 +21,7 @@ line by line, so whatever the agent finished survives if it is killed):
                                           drawn into a video and/or detections as JSON lines, FPS at the end
 """
 import argparse
+import glob
 import json
 import os
 import platform
@@ -585,6 +586,8 @@ def board_state(workdir=".", modules=True):
         "meminfo": _read("/proc/meminfo"),
         "tensorrt": tensorrt_version(import_module=modules),
         "gpu": gpu_name(),
+        # Xavier / Orin DLA engines appear as /dev/nvhost-nvdla0, nvdla1 (none on Nano, TX2, Orin Nano)
+        "dla_cores": len(glob.glob("/dev/nvhost-nvdla[0-9]*")),
     }
     try:
         st = os.statvfs(workdir)

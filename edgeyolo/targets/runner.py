@@ -547,10 +547,33 @@ def doctor(transport: Transport, on_log: LineSink | None = None) -> list[Check]:
         checks.append(Check("disk", "ok" if free_gb >= 1.0 else "warn", f"{free_gb:.1f} GB free in {disk['path']}"))
     else:
         checks.append(Check("disk", "missing", "statvfs of the workdir failed"))
+    checks += _against_profile(dev.target, info, fingerprint)
     swap = re.search(r"SwapTotal:\s+(\d+) kB", info.get("meminfo") or "")
     swap_mb = int(swap.group(1)) / 1024 if swap else 0
     checks.append(Check("swap", "ok" if swap_mb > 0 else "missing",
                         f"{swap_mb:.0f} MB" if swap_mb else "no swap: TensorRT engine builds on 4 GB boards get OOM-killed; add a swap file"))
+    return checks
+
+
+def _against_profile(target: str, info: dict[str, Any], fingerprint: str | None) -> list[Check]:
+    """What the board reports against its target profile: the DPU fingerprint (an xmodel compiled for
+    another one does not run) and the DLA count. Only where the board reports them."""
+    from edgeyolo.targets.profiles import TARGETS
+
+    if target not in TARGETS.names():
+        return []
+    profile = TARGETS.get(target)
+    checks: list[Check] = []
+    if profile.dpu_images and fingerprint:
+        known = {image.fingerprint_hex.lower(): image.label for image in profile.dpu_images}
+        match = known.get(fingerprint.lower())
+        checks.append(Check("DPU vs profile", "ok" if match else "warn",
+                            f"{fingerprint} is {match}" if match else
+                            f"{fingerprint} is none of {target}'s images ({', '.join(known)}): compile with --fingerprint {fingerprint}"))
+    if profile.tensorrt is not None and info.get("l4t"):
+        dla, expected = int(info.get("dla_cores") or 0), profile.tensorrt.dla_cores
+        checks.append(Check("DLA vs profile", "ok" if dla == expected else "warn",
+                            f"{dla} DLA core(s)" + ("" if dla == expected else f"; the {target} profile expects {expected}")))
     return checks
 
 
