@@ -672,7 +672,10 @@ def report_markdown(manifest: dict[str, Any]) -> str:
     lines += ["| stage | status | mAP@0.5 | params | BFLOPs | wall s | note |", "|---|---|---|---|---|---|---|"]
     for s in manifest["stages"]:
         m = s.get("metrics", {})
-        note = s.get("reason") or ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("map50", "map50_95", "params", "bflops") and not k.startswith("command."))
+        note = s.get("reason") or ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in m.items() if k not in ("map50", "map50_95", "params", "bflops") and not k.startswith("command.")
+        )
         lines.append(
             f"| {s['name']} | {s['status']} | {m.get('map50', '')} | {m.get('params', '')} | {m.get('bflops', '')} | {s.get('wall_s') or ''} | {note} |"
         )
