@@ -47,6 +47,10 @@ def load_cli_model(
         raise UsageError("give either --weights or --random-init, not both")
     if weights is None and not random_init:
         raise UsageError("give --weights W, or --random-init [--seed S] for calibrated random weights")
+    if weights is not None and not Path(weights).exists():
+        from edgeyolo.errors import InputFileError
+
+        raise InputFileError(f"weights file not found: {weights}")
     if weights is not None and Path(weights).is_dir():  # a quantized model folder (edgeyolo quantize, QAT *_quant)
         from edgeyolo.compress.quant import load_quantized
 

@@ -20,6 +20,7 @@ original float block exactly.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Protocol
 
@@ -98,6 +99,10 @@ class ActQuantizer(nn.Module):
     def apply(self, x: Tensor) -> Tensor:
         if self.scheme == "dorefa":
             return dorefa_act(x, self.bits)
+        if not math.isfinite(float(self.amax)):
+            # the activations diverged (NaN/inf): pass that on, so the training loop stops with its own
+            # divergence message and keeps the last good checkpoint
+            return x * float("nan")
         if not float(self.amax) > 0:
             raise UsageError(
                 "an activation quantizer has no range yet: calibrate() the model, or run QAT in training mode first"

@@ -178,3 +178,23 @@ def test_prepare_rejects_non_models():
         calibrate(model, synthetic_batches(2, 64, 1), "kl")
     assert isinstance(next(iter(act_quantizers(model).values())), ActQuantizer)
     assert isinstance(model.module_list[0], ConvBlock)
+
+
+def test_a_diverged_activation_range_is_passed_on_as_nan_not_a_missing_calibration() -> None:
+    """A NaN range (activations blew up during QAT) gives NaN outputs, so the trainer's divergence
+    stop applies; a range that was never observed is still the calibration error."""
+    import math
+
+    import pytest
+    import torch
+
+    from edgeyolo.compress.quant import QuantSpec
+    from edgeyolo.compress.quant.modules import ActQuantizer
+    from edgeyolo.errors import UsageError
+
+    q = ActQuantizer(QuantSpec("affine"))
+    q.eval()
+    with pytest.raises(UsageError, match="no range yet"):
+        q.apply(torch.ones(3))
+    q.amax.fill_(float("nan"))
+    assert all(math.isnan(v) for v in q.apply(torch.ones(3)).tolist())
