@@ -25,7 +25,7 @@ def prune(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model.cfg, model.weights, model.safetensors, prune_report.*, prune_channels.png)."),
     percent: Optional[str] = typer.Option(
         None, "--percent", "--global_percent", "--global-percent",
-        help="Fraction of the ranked channels to remove, or 'auto' for the largest safe one (default per method).",
+        help="Fraction of the ranked channels to remove; 'auto': the largest safe one; 'sparse': the channels sparse training zeroed (score < 1e-2), at most the safe count.",
     ),
     multiple: Optional[int] = typer.Option(
         None, "--multiple", help="regular: kept channel counts are multiples of N (default: the --target's channel multiple, else 8)."

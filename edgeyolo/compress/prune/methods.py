@@ -52,7 +52,10 @@ from edgeyolo.train.sparsity import PrunableSet, PruneMode, prunable_bn
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
-Percent = float | str  # a fraction in [0, 1] or AUTO
+SPARSE = "sparse"
+#: |score| below which ``--percent sparse`` counts a channel as zeroed by sparse training
+SPARSE_EPS = 1e-2
+Percent = float | str  # a fraction in [0, 1], AUTO or SPARSE
 
 
 @dataclass(frozen=True)
@@ -100,20 +103,20 @@ class PruneConfig:
 
 
 def _check_percent(flag: str, value: Percent | None) -> None:
-    if value is None or value == AUTO:
+    if value is None or value in (AUTO, SPARSE):
         return
     if isinstance(value, str) or not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise UsageError(f"{flag} must be a fraction in [0, 1] or 'auto', got {value!r}")
+        raise UsageError(f"{flag} must be a fraction in [0, 1], 'auto' or 'sparse', got {value!r}")
 
 
 def parse_percent(text: str, flag: str = "--percent") -> Percent:
     """A CLI percent: ``auto`` or a fraction in [0, 1]."""
-    if text.strip().lower() == AUTO:
-        return AUTO
+    if text.strip().lower() in (AUTO, SPARSE):
+        return text.strip().lower()
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"{flag} must be a fraction in [0, 1] or 'auto', got {text!r}") from None
+        raise UsageError(f"{flag} must be a fraction in [0, 1], 'auto' or 'sparse', got {text!r}") from None
     _check_percent(flag, value)
     return value
 
@@ -254,7 +257,12 @@ class ChannelPruner(Step):
             ranking = Ranking({i: scores[i] for i in part})
             checked = [i for i in part if i not in skip]
             safe = ranking.safe_count(checked, config.layer_keep)
-            count = safe if percent == AUTO else percent_to_count(percent, len(ranking))
+            if percent == AUTO:
+                count = safe
+            elif percent == SPARSE:  # what sparse training zeroed, never beyond the safe count
+                count = min(safe, int((ranking.sorted < SPARSE_EPS).sum()))
+            else:
+                count = percent_to_count(percent, len(ranking))
             if count > safe and not self.tolerant:
                 raise self._unsafe(name, percent, ranking, checked, count, safe, config)
             masks.update(ranking.keep_masks(count))

@@ -142,6 +142,20 @@ def test_selection_removes_exactly_the_zeroed_channels():
     assert all(torch.equal(~plan.masks.get(i, torch.ones_like(z)), z) for i, z in zeroed.items())
     x = images(SIZE, count=1)
     assert rel_error(heads(model, x), heads(result.model, x)) <= TOLERANCE
+    # --percent sparse finds that same count itself: the channels whose |γ| sparse training zeroed
+    sparse = prune(model, PruneConfig("normal", percent="sparse"))
+    assert sparse.stages[0].selection.plan.masks.keys() == plan.masks.keys()
+    assert all(torch.equal(sparse.stages[0].selection.plan.masks[i], m) for i, m in plan.masks.items())
+
+
+def test_percent_sparse_never_goes_beyond_the_safe_count():
+    model = quick_model(parse_cfg(cfg_path("edgeyolo-res")), SIZE, seed=3)  # its own copy: γ are edited
+    with torch.no_grad():  # every prunable γ looks zeroed: 'sparse' stops where 'auto' does
+        for i in prunable_bn(model.cfg, 0).layers:
+            model.module_list[i].bn.weight.mul_(1e-4)
+    auto = prune(model, PruneConfig("normal", percent="auto")).stages[0].selection.rankings["all"]
+    sparse = prune(model, PruneConfig("normal", percent="sparse")).stages[0].selection.rankings["all"]
+    assert sparse.percent == auto.percent and sparse.safe_percent == auto.safe_percent
 
 
 def test_residual_groups_share_one_mask():
