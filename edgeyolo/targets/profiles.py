@@ -3,8 +3,7 @@
 A profile is plain data (frozen dataclasses, no torch, no tool imports): ``edgeyolo check`` reads its
 operator rules, ``edgeyolo adapt`` rewrites a cfg to fit them, ``edgeyolo prune --target`` takes its
 channel multiple, and the TensorRT command builder takes its TensorRT facts. Every fact carries the
-source it came from (``docs/deploy-targets.md`` is ``../shared/reference/deploy-targets.md``); facts
-not found there say where they come from instead.
+public source it came from.
 """
 from __future__ import annotations
 
@@ -250,7 +249,6 @@ def register_profile(profile: TargetProfile) -> TargetProfile:
 
 # --------------------------------------------------------------------------------------------- Jetson
 
-_DT = "docs/deploy-targets.md"
 _TRT_RULES = OperatorRules(
     activations=frozenset({"leaky", "relu", "linear", "logistic", "mish", "swish"}),
     note="TensorRT builds every darknet layer edgeyolo exports (Mish/Swish spelled out as Softplus/Tanh/Sigmoid); "
@@ -258,7 +256,7 @@ _TRT_RULES = OperatorRules(
 )
 _NO_INT8_REASON = (
     "{gpu} (sm_{sm}) has no fast INT8 path; NVIDIA lists INT8 only for Xavier and newer Jetsons "
-    f"({_DT} §3a: torch2trt support matrix, tensorrt_demos README), so an INT8 engine would be FP16 in disguise"
+    "(torch2trt support matrix, tensorrt_demos README), so an INT8 engine would be FP16 in disguise"
 )
 _OPSET13 = "onnx-tensorrt release/8.2-GA docs/operators.md: 'TensorRT 8.2 supports operators up to Opset 13' (IR 7 = onnx 1.8)"
 _OPSET17 = "onnx-tensorrt release/8.5-GA docs/operators.md: 'TensorRT 8.5 supports operators up to Opset 17' (IR 8 = onnx 1.12)"
@@ -266,11 +264,11 @@ _OPSET20 = (
     "onnx-tensorrt docs/operators.md for 10.0: 'opset 9 to opset 20' (IR 9 = onnx 1.15); later 10.x parsers "
     "accept more, so 20 is the safe floor for JetPack 6's TensorRT 10.3"
 )
-_TRT82 = "JetPack 4.6.x (last for Nano/TX2) ships TensorRT 8.2.1 (TRT 8.2.1.8 in NVIDIA/TensorRT#3884's Nano environment, " + _DT + " §3a)"
+_TRT82 = "JetPack 4.6.x (last for Nano/TX2) ships TensorRT 8.2.1 (TRT 8.2.1.8 in NVIDIA/TensorRT#3884's Nano environment)"
 _JETSON_ARTIFACT = (
     "export ONNX on the host, copy it (and an INT8 calibration cache) to the board, build the engine there with "
     "trtexec (engines are tied to the GPU and TensorRT version), cache it by (TRT version, GPU, precision, shape, "
-    f"ONNX sha256) ({_DT} §3a)"
+    "ONNX sha256)"
 )
 
 register_profile(
@@ -289,7 +287,7 @@ register_profile(
         tensorrt=TensorRT((8, 2, 1), "4.6", "Maxwell GM20B", "5.3", 13, 7, 0, source=f"{_TRT82}; {_OPSET13}"),
         board_python="3.6",
         precision_notes={Precision.INT8: _NO_INT8_REASON.format(gpu="Maxwell GM20B", sm="53")},
-        sources=(f"{_DT} §2a (tensorrt_demos Nano FP16 table), §3a (INT8, build on target)",),
+        sources=("jkjung-avt/tensorrt_demos README (Nano FP16 table); engines are built on the target",),
         notes=("benchmark with `sudo nvpmodel -m 0` and `sudo jetson_clocks` (tensorrt_demos#403)",),
     )
 )
@@ -309,7 +307,7 @@ register_profile(
         tensorrt=TensorRT((8, 2, 1), "4.6", "Pascal GP10B", "6.2", 13, 7, 0, source=f"{_TRT82}; {_OPSET13}"),
         board_python="3.6",
         precision_notes={Precision.INT8: _NO_INT8_REASON.format(gpu="Pascal GP10B", sm="62")},
-        sources=(f"{_DT} §3a; tegrastats-tx2*.txt board logs (JetPack 4.6 rev3)",),
+        sources=("tegrastats logs of a TX2 on JetPack 4.6 (public issue reports)",),
         notes=("the two Denver cores may be 'off' in tegrastats until nvpmodel enables them",),
     )
 )
@@ -332,11 +330,11 @@ register_profile(
             f"README); {_OPSET17}",
         ),
         board_python="3.8",
-        sources=(f"{_DT} §2a (tensorrt_demos Xavier NX FP16/INT8/DLA0 table), §3a",),
+        sources=("jkjung-avt/tensorrt_demos README (Xavier NX FP16/INT8/DLA0 table)",),
         notes=(
             (
                 "INT8 via a calibration cache (implicit) or a Q/DQ ONNX (explicit); yolov4-608 lost 17 mAP points "
-                f"with PTQ ({_DT} §2d)"
+                "with PTQ"
             ),
             "DLA cannot build yolov4-tiny (tensorrt_demos README); layers DLA lacks fall back to the GPU",
         ),
@@ -357,10 +355,10 @@ register_profile(
         artifact=_JETSON_ARTIFACT,
         tensorrt=TensorRT(
             (10, 3, 0), "6.2", "Ampere GA10B", "8.7", 20, 9, 0,
-            source=f"JetPack 6.1/6.2 ships TensorRT 10.3 (NVIDIA JetPack release notes; not in {_DT}); {_OPSET20}",
+            source=f"JetPack 6.1/6.2 ships TensorRT 10.3 (NVIDIA JetPack release notes); {_OPSET20}",
         ),
         board_python="3.10",
-        sources=(f"{_DT} §3a (implicit INT8 calibration deprecated since TensorRT 10.1; prefer Q/DQ)",),
+        sources=("TensorRT 10.1 release notes (implicit INT8 calibration deprecated; prefer Q/DQ)",),
         notes=("Orin Nano has no DLA (Orin NX and AGX Orin do)",),
     )
 )
@@ -374,16 +372,16 @@ _DPU_RULES = OperatorRules(
     equal_concat_scales=True,
     note="vai_q forces LeakyReLU to 26/256 (commander.py); Mish/Swish fall back to the CPU (Vitis-AI#503); channel "
     "slicing (tf.split) is rejected (Vitis-AI#997: replaced with a 1x1 conv); YOLO decode and NMS run on the Arm "
-    f"CPU ({_DT} §3b)",
+    "CPU",
 )
-_FP = f"{_DT} §3b fingerprint table (target_factory prototxts, DPU-PYNQ)"
+_FP = "Vitis AI target_factory prototxts and Xilinx/DPU-PYNQ arch files (fingerprints)"
 _PAR = "B<n> = 2 x pixel x input-channel x output-channel parallelism ops/clock (PG338): B4096 = 2·8·16·16"
 _ISA0_POOL = "ISA0: max_limit kernel_size 1-8 (target_factory expired_targets/DPUCZDX8G_ISA0_B4096_MAX_BG2.prototxt)"
 _ISA1_POOL = "ISA1: pooling on the ALU engine, kernel 1-256 (targets/DPUCZDX8G_ISA1_B4096.prototxt)"
 _DPU_ARTIFACT = (
     "vai_q (power-of-two INT8, calibrate then test, batch 1) → <Model>_int.xmodel → vai_c_xir -a arch.json "
     "(fingerprint from `xdputil query` on the board) on the host; copy the xmodel to the board and run it with "
-    f"VART / Vitis AI Library ({_DT} §3b)"
+    "VART / Vitis AI Library"
 )
 _ZYNQ_INT8_ONLY = "the DPU computes INT8 with power-of-two scales only (vai_q_pytorch Quant_Config.md)"
 
@@ -407,7 +405,7 @@ register_profile(
                      source=f"{_FP}; {_ISA1_POOL}; {_PAR}"),
         ),
         precision_notes={Precision.FP32: _ZYNQ_INT8_ONLY, Precision.FP16: _ZYNQ_INT8_ONLY},
-        sources=(f"{_DT} §2b (ZCU104 zoo: 2 x B4096 @ 300 MHz), §3b",),
+        sources=("Vitis AI Model Zoo (ZCU104: 2 x B4096 @ 300 MHz)",),
         notes=(
             "the fingerprint must come from the board's bitstream (`xdputil query`), not the board name",
             "Vitis AI 3.5 is the last DPUCZDX8G release (DPU flow frozen)",
@@ -436,7 +434,7 @@ register_profile(
                      source=f"{_FP} (Xilinx/DPU-PYNQ host/arch_ultra96.json); {_ISA1_POOL}; {_PAR}"),
         ),
         precision_notes={Precision.FP32: _ZYNQ_INT8_ONLY, Precision.FP16: _ZYNQ_INT8_ONLY},
-        sources=(f"{_DT} §2b (Ultra96 v1 zoo: 1 x B1600 @ 287 MHz), §3b",),
+        sources=("Vitis AI Model Zoo (Ultra96 v1: 1 x B1600 @ 287 MHz)",),
         notes=("two ISA0 images exist (B1600 v1 zoo, B2304 DPU-PYNQ 1.4); `--vai` picks the newest matching one",),
     )
 )
@@ -460,7 +458,7 @@ register_profile(
             Precision.FP16: "onnxruntime's CPU provider has no fast FP16 kernels",
             Precision.INT8: "host INT8 is not wired up; use a Jetson or DPU target",
         },
-        sources=(f"{_DT} §4.1 (unaligned channels made onnxruntime CPU slower: Torch-Pruning#38)",),
+        sources=("VainF/Torch-Pruning#38 (unaligned channels made onnxruntime on the CPU slower)",),
     )
 )
 
