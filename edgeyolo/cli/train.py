@@ -7,6 +7,9 @@ from typing import List, Optional
 import typer
 
 
+FLOAT_LR0, QAT_LR0 = 0.01, 0.001
+
+
 def train(
     data: Optional[Path] = typer.Option(None, "--data", help="darknet .data, Ultralytics .yaml, COCO .json or a VOC root."),
     cfg: Optional[str] = typer.Option(None, "--cfg", help="darknet .cfg path or zoo name."),
@@ -25,7 +28,9 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seed: data order, augmentation, multi-scale."),
     threads: int = typer.Option(0, "--threads", help="torch threads (0 = default)."),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (Nesterov) | adam."),
-    lr0: float = typer.Option(0.01, "--lr0", help="Initial learning rate."),
+    lr0: Optional[float] = typer.Option(
+        None, "--lr0", help="Initial learning rate (default 0.01; 0.001 for quantization-aware training)."
+    ),
     no_augment: bool = typer.Option(False, "--no-augment", help="Letterbox only."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (CUDA only)."),
     sparse: bool = typer.Option(False, "-sr", "--sr", "--sparse", help="Sparse training of BN γ."),
@@ -83,6 +88,12 @@ def train(
             if scheme not in (None, "pow2"):
                 raise UsageError(f"--FPGA means --quantized pow2; it cannot be combined with --quantized {quantized}")
             scheme = "pow2"
+        if lr0 is None:
+            # QAT fine-tunes a trained model through fake quantizers: at the float default the burn-in's
+            # high-LR phase cost 3.4 (affine) and 9 (pow2) mAP points on edgeyolo-res, at 0.1x it lost none
+            lr0 = QAT_LR0 if scheme else FLOAT_LR0
+            if scheme:
+                typer.echo(f"quantization-aware training: --lr0 {lr0:g} (0.1x the float default; pass --lr0 to change)")
         config = TrainConfig(
             data=str(data),
             cfg=str(resolve_cfg(cfg)),

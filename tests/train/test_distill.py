@@ -477,10 +477,13 @@ def test_cli_quantization_aware_training_writes_float_and_quantized_weights(synt
         "--quantized", "1", "--w-bit", "6", "--a_bit", "7", "--BN_Flod",
     ]
     assert main(args) == 0
-    assert "quantization-aware training: affine, w6/a7, BN folded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "quantization-aware training: affine, w6/a7, BN folded" in out
+    assert "--lr0 0.001 (0.1x the float default" in out
     run = tmp_path / "qat"
     config = json.loads((run / "config.json").read_text())
     assert (config["quantized"], config["w_bit"], config["a_bit"], config["bn_fold"]) == ("affine", 6, 7, True)
+    assert config["lr0"] == 0.001  # QAT's own default; an explicit --lr0 wins
     quant = load_quantized(run / "last_quant")
     assert is_quantized(quant) and (quant.quant_spec.w_bit, quant.quant_spec.a_bit, quant.quant_spec.bn_fold) == (6, 7, True)
     plain = load_model(None, run / "last.safetensors")  # the float parameters load like any checkpoint
