@@ -145,6 +145,15 @@ def train(
         )
     if trainer.sparsity:
         typer.echo(trainer.sparsity.describe())
+        c = trainer.config
+        if c.sr_schedule == "local" and c.sr_penalty == "polar" and c.sr_t <= 1.0:
+            # polar pulls γ above the set's mean at (t - 1)·s: with t <= 1 the channels `local` would
+            # relieve are not pushed down anyway (a measured run was bit-identical to `constant`)
+            typer.echo(
+                f"warning: --sr-schedule local does little or nothing with --sr-penalty polar at --sr-t {c.sr_t:g}: "
+                "the channels it relieves sit above the mean once polarized, and polar does not push those down",
+                err=True,
+            )
         reach = trainer.penalty_reach()
         if reach is not None:
             typer.echo(f"sparse training: at s {trainer.config.s:g} the penalty alone can move a γ by at most {reach:.2f} over this run")

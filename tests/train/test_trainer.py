@@ -255,3 +255,14 @@ def test_a_cfg_for_other_classes_is_adapted_to_the_dataset_and_pt_loads_the_rest
     strict = TrainConfig(data=str(synth), cfg=str(cfg_path("yolov3-tiny")), weights=str(tiny_weights), img_size=64, epochs=1, workers=0, out=str(tmp_path))
     with pytest.raises(UsageError, match="add -pt"):
         Trainer(strict)
+
+
+def test_local_schedule_with_polar_warns_that_it_does_little(synth, tmp_path, capsys):
+    """Measured: 10 epochs of polar (t = 1) with `local` were bit-identical to `constant`."""
+    from edgeyolo.cli.app import main
+
+    args = base_args(synth, tmp_path, 1) + ["--max-val-images", "2", "-sr", "--s", "0.01", "--sr-penalty", "polar"]
+    assert main(args + ["--sr-schedule", "local"]) == 0
+    assert "--sr-schedule local does little or nothing with --sr-penalty polar" in capsys.readouterr().err
+    assert main(args + ["--sr-schedule", "local", "--sr-t", "1.5", "--name", "t15"]) == 0
+    assert "does little or nothing" not in capsys.readouterr().err
