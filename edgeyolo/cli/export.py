@@ -203,3 +203,18 @@ def vitis_cmd(
         f"for {arch.target} {arch.label} fingerprint {arch.fingerprint}; model.py (traced) vs edgeyolo "
         f"max|Δ|/max|ref| = {result.max_rel_error:.2e}\nnext: docker/vitis-ai/run.sh {result.path} --vai {vai}"
     )
+
+
+@app.command("engine")
+def engine_cmd(
+    onnx: Path = typer.Option(..., "--onnx", help="An edgeyolo ONNX (a Q/DQ one for int8)."),
+    out: Path = typer.Option(..., "--out", help="Engine file to write."),
+    precision: str = typer.Option("fp16", "--precision", help="fp32 | fp16 | int8 (int8: Q/DQ ONNX)."),
+    workspace: int = typer.Option(1024, "--workspace", help="Builder workspace in MiB."),
+) -> None:
+    """A TensorRT engine from this machine's tensorrt module: run it on the Jetson itself (engines are tied
+    to the GPU and TensorRT version). From a host, `edgeyolo deploy --device NAME M.onnx --engine` builds on the board."""
+    from edgeyolo.targets.jetson.engine import build_engine_local
+
+    path = build_engine_local(onnx, out, precision, workspace)
+    typer.echo(f"wrote {path} ({precision})")

@@ -423,3 +423,62 @@ def engine_summary(result: EngineResult) -> str:
     return (f"engine {what}: {result.engine} ({result.precision}, TensorRT {format_version(result.facts.version)}, "
             f"{result.facts.gpu}){timing}")
 
+
+
+# ------------------------------------------------------------------------- in-process build (on a Jetson)
+
+
+@dataclass(frozen=True)
+class BuilderOptions:
+    """How the tensorrt Python API is driven for one TensorRT version (the API changed in 8.4 and 10)."""
+
+    explicit_batch_flag: bool  # before 10 an ONNX network needs EXPLICIT_BATCH; from 10 it is the only mode
+    memory_pool_api: bool  # 8.4 added set_memory_pool_limit; max_workspace_size went away in 10
+
+    @classmethod
+    def for_version(cls, version: str) -> "BuilderOptions":
+        parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2]) or (0,)
+        return cls(explicit_batch_flag=parts < (10,), memory_pool_api=parts >= (8, 4))
+
+
+def build_engine_local(
+    onnx_path: str | Path, engine_path: str | Path, precision: str = "fp16", workspace_mib: int = 1024
+) -> Path:
+    """Build an engine with the tensorrt module of this machine (run it on the board itself: an engine
+    is tied to the GPU and TensorRT version it was built with). INT8 needs a Q/DQ ONNX here."""
+    from edgeyolo.errors import MissingDependencyError
+    from edgeyolo.model.io import atomic_write_bytes
+
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise MissingDependencyError("tensorrt", "jetson") from None
+    if precision not in ("fp32", "fp16", "int8"):
+        raise UsageError(f"--precision must be fp32, fp16 or int8, got '{precision}'")
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise InputFileError(f"ONNX file not found: {onnx_path}")
+    if precision == "int8" and not onnx_facts(onnx_path).qdq:
+        raise UsageError("int8 needs a Q/DQ ONNX (edgeyolo export qdq); implicit calibration is the trtexec path (--calib)")
+    options = BuilderOptions.for_version(trt.__version__)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if options.explicit_batch_flag else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UsageError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    if options.memory_pool_api:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    else:
+        config.max_workspace_size = workspace_mib << 20
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # layers without an int8 kernel stay in fp16, not fp32
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UsageError(f"TensorRT {trt.__version__} could not build an engine from {onnx_path} (see its log above)")
+    return atomic_write_bytes(Path(engine_path), bytes(serialized))
