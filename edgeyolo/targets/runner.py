@@ -331,6 +331,20 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+def _engine_buildable(family: str, model: str | Path) -> bool:
+    """A TensorRT engine is built from a single .onnx file on a jetson-* device."""
+    return family == "jetson" and Path(model).is_file() and Path(model).suffix.lower() == ".onnx"
+
+
+def _engine(transport: Transport, model: str | Path, precision: str | None, calib_cache: str | Path | None,
+            build_timeout: float, on_log: LineSink | None, trtexec: str | None) -> Any:
+    """The board's cached engine for ``model`` (built if missing); the caller holds the board lock."""
+    from edgeyolo.targets.jetson.engine import ensure_engine
+
+    return ensure_engine(transport, model, transport.device.target, precision, calib_cache=calib_cache,
+                         timeout=build_timeout, on_log=on_log, trtexec=trtexec, lock=False)
+
+
 def bench_device(
     transport: Transport,
     model: str | Path,
@@ -358,10 +372,10 @@ def bench_device(
         raise UsageError("--duration must be positive; --warmup and --threads must not be negative")
     dev = transport.device
     family = device_family(dev.target)
-    is_onnx = Path(model).is_file() and Path(model).suffix.lower() == ".onnx"
+    buildable = _engine_buildable(family, model)
     if engine is None:
-        engine = family == "jetson" and is_onnx
-    elif engine and not (family == "jetson" and is_onnx):
+        engine = buildable
+    elif engine and not buildable:
         raise UsageError(f"an engine is built from an .onnx on a jetson-* device; {dev.name} has target "
                          f"'{dev.target}' and the model is {Path(model).name}")
     if not engine and (precision is not None or calib_cache is not None):
@@ -379,10 +393,7 @@ def bench_device(
         with BoardLock(transport, f"bench {Path(model).name}"):
             report = upload(transport, plan + extra, progress)
             if engine:
-                from edgeyolo.targets.jetson.engine import ensure_engine
-
-                engine_result = ensure_engine(transport, model, dev.target, precision, calib_cache=calib_cache,
-                                              timeout=build_timeout, on_log=on_log, trtexec=trtexec, lock=False)
+                engine_result = _engine(transport, model, precision, calib_cache, build_timeout, on_log, trtexec)
                 remote_model = engine_result.engine
             out = f"{RUNS}/{new_run_id()}.jsonl"
             argv: list[object] = ["bench", "--model", remote_model, "--duration", duration, "--warmup", warmup,
@@ -439,7 +450,7 @@ def predict_on_device(
     dev = transport.device
     family = device_family(dev.target)
     if engine is None:
-        engine = family == "jetson" and Path(model).is_file() and Path(model).suffix.lower() == ".onnx"
+        engine = _engine_buildable(family, model)
     with tempfile.TemporaryDirectory() as tmp:
         plan = deploy_plan([model], Path(tmp))
         remote_model = pick_model(plan, family)
@@ -451,10 +462,7 @@ def predict_on_device(
         with BoardLock(transport, f"predict {Path(model).name}"):
             upload(transport, plan + images + [(listing, f"{tag}/list.txt")], progress)
             if engine:
-                from edgeyolo.targets.jetson.engine import ensure_engine
-
-                remote_model = ensure_engine(transport, model, dev.target, precision, calib_cache=calib_cache,
-                                             timeout=build_timeout, on_log=on_log, trtexec=trtexec, lock=False).engine
+                remote_model = _engine(transport, model, precision, calib_cache, build_timeout, on_log, trtexec).engine
             out = f"{RUNS}/{new_run_id()}.preds.jsonl"
             argv: list[object] = ["predict", "--model", remote_model, "--list", f"{tag}/list.txt", "--conf", conf,
                                   "--iou", iou, "--max-det", max_det, "--workdir", "."]
