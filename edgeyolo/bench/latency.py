@@ -644,10 +644,6 @@ def _match_measured(
     return best[1]
 
 
-def _params(net: Darknet) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
 def latency_prune_bench(
     model: Darknet,
     img_size: int,
@@ -719,11 +715,11 @@ def latency_prune_bench(
         return float(evaluate_model(net, dataset, img_size, "onnxruntime", "coco", threads=threads).result.map50)
 
     base = timed["unpruned"]
-    unpruned = LatencyBenchRow("", "unpruned", 1.0, table.full_ms, base, base, _params(model), total_bflops(model.cfg, img_size), "", score(model))
+    unpruned = LatencyBenchRow("", "unpruned", 1.0, table.full_ms, base, base, model.parameter_count(), total_bflops(model.cfg, img_size), "", score(model))
     rows = []
     for name, (label, method, ratio, predicted, setting) in info.items():
         net = models[name]
         rows.append(
-            LatencyBenchRow(label, method, ratio, predicted, timed[name], base, _params(net), total_bflops(net.cfg, img_size), setting, score(net))
+            LatencyBenchRow(label, method, ratio, predicted, timed[name], base, net.parameter_count(), total_bflops(net.cfg, img_size), setting, score(net))
         )
     return LatencyBench(table, unpruned, tuple(rows), tuple(results), refused)

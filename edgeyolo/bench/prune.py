@@ -231,10 +231,6 @@ class AccuracyRow:
         return 1.0 - self.params[1] / self.params[0]
 
 
-def _params(model: Darknet) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @dataclass(frozen=True)
 class FineTune:
     """A short fine-tune of each pruned model on ``data`` (a dataset file ``edgeyolo train`` reads)."""
@@ -291,7 +287,7 @@ def prune_accuracy(
     def score(net: Darknet) -> float:
         return float(evaluate_model(net, dataset, img_size, backend, "coco", threads=threads).result.map50)
 
-    base_params, base_bflops, base_map = _params(model), total_bflops(model.cfg, img_size), score(model)
+    base_params, base_bflops, base_map = model.parameter_count(), total_bflops(model.cfg, img_size), score(model)
     rows = []
     pruned_models: dict[str, Darknet] = {}
     for name in methods or METHODS.names():
@@ -310,7 +306,7 @@ def prune_accuracy(
         rows.append(
             AccuracyRow(
                 name,
-                (base_params, _params(pruned)),
+                (base_params, pruned.parameter_count()),
                 (base_bflops, total_bflops(pruned.cfg, img_size)),
                 (base_map, score(pruned)),
                 map50_finetuned=tuned,

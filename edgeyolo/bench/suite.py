@@ -236,7 +236,7 @@ class Suite:
 
         model, backend = self._load(m)
         self._export(row, model, backend)
-        row.params = sum(int(w.numel()) for _, block in model.conv_blocks() for w in block.parameters())
+        row.params = model.parameter_count()
         row.bflops = round(total_bflops(model.cfg, self.p.img_size), 3)
         if self._val is None:
             self._val = load_dataset(str(self.data), "val")

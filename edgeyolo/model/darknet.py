@@ -248,6 +248,10 @@ class Darknet(nn.Module):
             return raw
         return self.decode(raw, int(x.shape[-2]), int(x.shape[-1]))
 
+    def parameter_count(self) -> int:
+        """Learned parameters (conv weights and biases, BN scales and shifts), as every report counts them."""
+        return sum(p.numel() for p in self.parameters())
+
     def conv_blocks(self) -> list[tuple[int, ConvBlock]]:
         return [(i, m) for i, m in enumerate(self.module_list) if isinstance(m, ConvBlock)]
 
