@@ -416,7 +416,7 @@ class Build:
 
     def _train(self, art: Artifact, folder: Path, epochs: int, **extra: Any) -> tuple[Artifact, dict[str, Any]]:
         from edgeyolo.model.cfg import format_cfg
-        from edgeyolo.model.checkpoint import load_model
+        from edgeyolo.model.checkpoint import checkpoint_cfg
         from edgeyolo.train.trainer import TrainConfig, Trainer
 
         r = self.recipe
@@ -430,8 +430,7 @@ class Build:
         best = folder / "run" / ("last.safetensors" if config.sparse else "best.safetensors")
         if not best.exists():
             best = folder / "run" / "last.safetensors"
-        model = load_model(None, best)
-        atomic_write_text(folder / MODEL_CFG, format_cfg(model.cfg))
+        atomic_write_text(folder / MODEL_CFG, format_cfg(checkpoint_cfg(best)))
         shutil.copyfile(best, folder / MODEL_WEIGHTS)
         last = history[-1] if history else {}
         metrics: dict[str, Any] = {"epochs": epochs, "val_map50_last_epoch": last.get("map50")}
@@ -634,32 +633,17 @@ def demo_recipe(**overrides: Any) -> Recipe:
 def _size_metrics(model, img_size: int) -> dict[str, Any]:
     from edgeyolo.model.cfg import total_bflops
 
-    params = sum(p.numel() for p in model.parameters())
-    return {"params": params, "bflops": round(total_bflops(model.cfg, img_size), 3)}
+    return {"params": model.parameter_count(), "bflops": round(total_bflops(model.cfg, img_size), 3)}
 
 
 def _calibration_batches(data: str, img_size: int, images: int, channels: int):
     """Letterboxed training-split images (never the val split) in batches of 8."""
-    import numpy as np
-    import torch
-
+    from edgeyolo.compress.quant.calib import image_batches
     from edgeyolo.contract import Contract, channel_order_for
     from edgeyolo.data.formats import load_dataset
-    from edgeyolo.model.io import read_image
 
     contract = Contract(img_size, img_size, channel_order=channel_order_for(channels))
-    samples = load_dataset(data, "train").samples[:images]
-    batch: list = []
-    for sample in samples:
-        image = read_image(sample.image)
-        if image is None:
-            continue
-        batch.append(contract.preprocess(image)[0])
-        if len(batch) == 8:
-            yield torch.from_numpy(np.concatenate(batch))
-            batch = []
-    if batch:
-        yield torch.from_numpy(np.concatenate(batch))
+    return image_batches((s.image for s in load_dataset(data, "train").samples[:images]), contract, 8)
 
 
 def report_markdown(manifest: dict[str, Any]) -> str:

@@ -5,19 +5,13 @@ import math
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Optional
 
 import typer
 
 from edgeyolo.cli.common import ImgSizeOpt, WeightsOpt, check_img_size, load_cli_model
 
-if TYPE_CHECKING:
-    from torch import Tensor
-
-    from edgeyolo.contract import Contract
-
 BATCH = 4  # images per calibration forward
-ANALYSIS_IMAGES = 4  # calibration images kept in memory for --analyze / --keep-float auto
 
 
 def _calib_images(calib: Path, limit: int) -> tuple[list[Path], str]:
@@ -49,31 +43,6 @@ def _refuse_overlap(calib: list[Path], eval_images: list[Path], data: Path) -> N
             f"{len(shared)} of the {len(calib)} calibration images are also evaluation images of --data {data} "
             f"(e.g. {sorted(shared)[0]}); calibrate on other images (the dataset's train split or a separate folder)"
         )
-
-
-def _batches(paths: list[Path], contract: Contract, keep: list[Tensor]) -> Iterator[Tensor]:
-    import numpy as np
-    import torch
-
-    from edgeyolo.log import get_logger
-    from edgeyolo.model.io import read_image
-
-    log = get_logger(__name__)
-    blobs: list[np.ndarray] = []
-    for path in paths:
-        image = read_image(path)
-        if image is None:
-            log.warning("%s: not a readable image; skipped", path)
-            continue
-        blob = contract.preprocess(image)[0]
-        if len(keep) < ANALYSIS_IMAGES:
-            keep.append(torch.from_numpy(blob))
-        blobs.append(blob)
-        if len(blobs) == BATCH:
-            yield torch.from_numpy(np.concatenate(blobs))
-            blobs = []
-    if blobs:
-        yield torch.from_numpy(np.concatenate(blobs))
 
 
 def _parse_keep_float(text: Optional[str]) -> list[int] | str:
@@ -111,6 +80,7 @@ def quantize(
     from edgeyolo.compress.quant import METHODS, QuantSpec, calibrate, prepare_qat, save_quantized, set_float_layers
     from edgeyolo.compress.quant.analysis import analyze as run_analysis
     from edgeyolo.compress.quant.analysis import auto_keep_float
+    from edgeyolo.compress.quant.calib import image_batches
     from edgeyolo.contract import Contract, channel_order_for
     from edgeyolo.errors import UsageError
     from edgeyolo.log import track
@@ -139,7 +109,7 @@ def quantize(
     if isinstance(wanted_float, list):
         set_float_layers(model, wanted_float)  # validate indices before the long calibration pass
     kept: list = []
-    batches = _batches(paths, contract, kept)
+    batches = image_batches(paths, contract, BATCH, kept)
     seen = calibrate(model, track(batches, "calibrating", math.ceil(len(paths) / BATCH)), method)
     if not kept:
         raise UsageError(f"--calib {calib}: none of the {len(paths)} images could be read")

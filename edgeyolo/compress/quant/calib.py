@@ -16,17 +16,23 @@ take the power of two nearest to their range in the log domain (the reference HE
 """
 from __future__ import annotations
 
+import logging
 import math
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
 
 from edgeyolo.compress.quant.fakequant import pow2_ceil_exponent
-from edgeyolo.compress.quant.modules import ActQuantizer, act_quantizers, _require
+from edgeyolo.compress.quant.modules import ActQuantizer, _require, act_quantizers
+from edgeyolo.contract import Contract
 from edgeyolo.errors import UsageError
 
+log = logging.getLogger(__name__)
+
 METHODS = ("minmax", "percentile", "entropy", "mse")
+KEEP_IMAGES = 4  # single-image blobs image_batches keeps for --analyze / --keep-float auto
 BINS = 2048
 PERCENTILE = 99.99
 
@@ -149,6 +155,30 @@ def choose_amax(obs: HistogramObserver, method: str, bits: int, scheme: str) -> 
 
 
 @torch.no_grad()
+def image_batches(paths: Iterable[str | Path], contract: Contract, batch: int, keep: list[Tensor] | None = None) -> Iterator[Tensor]:
+    """Calibration batches of ``batch`` images preprocessed by ``contract``; unreadable files are
+    skipped with a warning. ``keep`` collects the first few single-image blobs (for analysis)."""
+    import numpy as np
+
+    from edgeyolo.model.io import read_image
+
+    blobs: list[np.ndarray] = []
+    for path in paths:
+        image = read_image(path)
+        if image is None:
+            log.warning("%s: not a readable image; skipped", path)
+            continue
+        blob = contract.preprocess(image)[0]
+        if keep is not None and len(keep) < KEEP_IMAGES:
+            keep.append(torch.from_numpy(blob))
+        blobs.append(blob)
+        if len(blobs) == batch:
+            yield torch.from_numpy(np.concatenate(blobs))
+            blobs = []
+    if blobs:
+        yield torch.from_numpy(np.concatenate(blobs))
+
+
 def calibrate(model: torch.nn.Module, batches: Iterable[Tensor], method: str = "minmax") -> int:
     """Set every activation quantizer's range from a float pass over ``batches``; returns the number
     of batches seen. The model is left in eval mode."""
