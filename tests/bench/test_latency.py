@@ -23,21 +23,9 @@ from edgeyolo.compress.prune.budget import (
     width_variables,
 )
 from edgeyolo.errors import UsageError
+from tests.bench.conftest import SIZE  # the size the shared model fixture is built at
 
-SIZE = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_cli_model("edgeyolo-res", None, random_init=True, img_size=SIZE)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from edgeyolo.bench import prune as bench_prune
 from edgeyolo.bench.prune import match_regular, prune_latency, prune_speed
@@ -10,22 +9,10 @@ from edgeyolo.cli.app import main
 from edgeyolo.cli.common import load_cli_model
 from edgeyolo.compress.prune import METHODS, PruneConfig, prune
 from edgeyolo.model.cfg import total_bflops
+from tests.bench.conftest import SIZE  # the size the shared model fixture is built at
 from tests.conftest import cfg_path
 
-SIZE = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_cli_model("edgeyolo-res", None, random_init=True, img_size=SIZE)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
