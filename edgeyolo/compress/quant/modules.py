@@ -99,11 +99,12 @@ class ActQuantizer(nn.Module):
     def apply(self, x: Tensor) -> Tensor:
         if self.scheme == "dorefa":
             return dorefa_act(x, self.bits)
-        if not math.isfinite(float(self.amax)):
+        amax = float(self.amax)  # one host read per call (a device sync on CUDA)
+        if not math.isfinite(amax):
             # the activations diverged (NaN/inf): pass that on, so the training loop stops with its own
             # divergence message and keeps the last good checkpoint
             return x * float("nan")
-        if not float(self.amax) > 0:
+        if not amax > 0:
             raise UsageError(
                 "an activation quantizer has no range yet: calibrate() the model, or run QAT in training mode first"
             )
