@@ -16,16 +16,23 @@ ModelWeightsOpt = typer.Option(
 )
 
 
-def onnx_contract(path: Path, **overrides):
-    """The pre/post-processing contract an edgeyolo ONNX file carries, with some thresholds replaced."""
+def onnx_contract(path: Path, backend: str, img_size: Optional[int], **overrides):
+    """The pre/post-processing contract an edgeyolo ONNX file given as --weights carries, with some
+    thresholds replaced; the file runs as it is, so only onnxruntime at its own size applies."""
     from edgeyolo.contract import Contract
     from edgeyolo.export.onnx import read_metadata
 
+    if backend != "onnxruntime":
+        raise UsageError(f"an .onnx model runs on --backend onnxruntime, not {backend}")
     text = read_metadata(path).get("edgeyolo.contract")
     if text is None:
         raise UsageError(f"{path}: no edgeyolo contract in the ONNX metadata; export it with edgeyolo export onnx|qdq")
     base = Contract.from_json(text)
+    if img_size not in (None, base.height):
+        raise UsageError(f"{path} was exported at {base.height} px; --img-size {img_size} does not apply")
     return Contract(**{**base.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+
+
 ImgSizeOpt = typer.Option(None, "--img-size", "--img_size", help="Square input size (multiple of 32); default from the cfg.")
 
 

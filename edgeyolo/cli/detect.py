@@ -47,11 +47,7 @@ def detect(
     if weights.suffix.lower() == ".onnx":  # an exported file (QDQ int8 included), run as it is
         from edgeyolo.runtime.runners import OnnxRuntimeRunner
 
-        if backend != "onnxruntime":
-            raise UsageError(f"an .onnx model runs on --backend onnxruntime, not {backend}")
-        contract = onnx_contract(weights, **thresholds)
-        if img_size not in (None, contract.height):
-            raise UsageError(f"{weights} was exported at {contract.height} px; --img-size {img_size} does not apply")
+        contract = onnx_contract(weights, backend, img_size, **thresholds)
         runner_cm = OnnxRuntimeRunner(weights, contract, threads)
         num_classes = int(runner_cm.session.get_outputs()[0].shape[-1]) - 5  # [B, N, 5 + C]
     else:

@@ -38,15 +38,10 @@ def test(
     dataset = load_dataset(data, split)
     progress = lambda s: track(s, f"test [{backend}]", len(dataset.samples))  # noqa: E731
     if weights.suffix.lower() == ".onnx":  # an exported file (QDQ int8 included), run as it is
-        from edgeyolo.errors import UsageError
         from edgeyolo.runtime.evaluate import evaluate_runner
         from edgeyolo.runtime.runners import OnnxRuntimeRunner
 
-        if backend != "onnxruntime":
-            raise UsageError(f"an .onnx model runs on --backend onnxruntime, not {backend}")
-        contract = onnx_contract(weights, conf_threshold=conf, iou_threshold=iou, max_detections=100)
-        if img_size not in (None, contract.height):
-            raise UsageError(f"{weights} was exported at {contract.height} px; --img-size {img_size} does not apply")
+        contract = onnx_contract(weights, backend, img_size, conf_threshold=conf, iou_threshold=iou, max_detections=100)
         with OnnxRuntimeRunner(weights, contract, threads) as runner:
             ev = evaluate_runner(runner, contract, dataset, metric, progress)
     else:
