@@ -7,14 +7,19 @@ from edgeyolo.cli.app import main
 from tests.targets.conftest import with_
 
 
+def _inventory(tmp_path, device, name: str):
+    """A devices.yaml naming the loopback board ``name`` (JSON is YAML)."""
+    fields = {k: getattr(device, k) for k in ("target", "host", "port", "user", "key_file", "known_hosts", "workdir", "python")}
+    inventory = tmp_path / "devices.yaml"
+    inventory.write_text(json.dumps({"devices": {name: fields}}))
+    return inventory
+
+
 def test_build_for_host_deploys_benchmarks_and_scores_on_the_board(device, tmp_path, capsys) -> None:
     from edgeyolo.data.synth import make_synthetic
 
     data = make_synthetic(tmp_path / "synth", classes=12, train=16, val=6, img_size=64, seed=0).data_yaml
-    d = with_(device, target="host")
-    fields = {k: getattr(d, k) for k in ("target", "host", "port", "user", "key_file", "known_hosts", "workdir", "python")}
-    inventory = tmp_path / "devices.yaml"
-    inventory.write_text(json.dumps({"devices": {"loop": fields}}))
+    inventory = _inventory(tmp_path, with_(device, target="host"), "loop")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("img_size: 64\ntrain_epochs: 1\nprune_method: regular\npercent: auto\nworkers: 0\nbench_duration: 0.5\n")
     out = tmp_path / "build"
@@ -41,10 +46,7 @@ def test_build_for_host_deploys_benchmarks_and_scores_on_the_board(device, tmp_p
 
 
 def test_build_refuses_a_device_of_another_target(device, tmp_path, capsys) -> None:
-    d = with_(device, target="jetson-nano")
-    fields = {k: getattr(d, k) for k in ("target", "host", "port", "user", "key_file", "known_hosts", "workdir", "python")}
-    inventory = tmp_path / "devices.yaml"
-    inventory.write_text(json.dumps({"devices": {"nano": fields}}))
+    inventory = _inventory(tmp_path, with_(device, target="jetson-nano"), "nano")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("img_size: 64\nprune_method: none\n")
     code = main(["build", "--target", "host", "--cfg", "edgeyolo-res", "--recipe", str(recipe), "--device", "nano",
