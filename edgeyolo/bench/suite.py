@@ -15,6 +15,12 @@ synthetic val split. Rows, in order:
 A failed command is a row with its exit code, and the rows that need its output say so; the suite
 goes on. ``smoke`` is a plumbing check that fits in minutes on two cores and is labelled not
 representative; ``full`` gives the numbers worth publishing.
+
+A ``full`` run takes hours on a small machine, so the suite resumes: each finished row leaves a
+record under ``steps/`` (its command and measurements), and running the same preset into the same
+folder again reuses every row whose recorded command is unchanged and whose outputs still exist.
+A row cut off mid-way has no record and runs again from its start; so does every row after a
+changed one, since its inputs changed. Timing is never reused: all rows are re-timed together.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ from edgeyolo.errors import UsageError
 
 SUITE_FILE = "suite.json"
 TABLE_FILE = "suite.md"
+STEPS_DIR = "steps"
+_MEASURED = ("params", "bflops", "map50", "map50_95")
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ class Suite:
         self.models: dict[str, _Model] = {}
         self.onnx: dict[str, Path] = {}
         self._val = None
+        self._rerun = False  # once a row runs again, every later row does too (its inputs may differ)
 
     # ------------------------------------------------------------------ driver
 
@@ -192,20 +201,70 @@ class Suite:
             row.status = f"skipped: needs {', '.join(missing)}"
             self.echo(f"[{name}] {row.status}")
             return
+        if model.cfg is not None and model.cfg.name == "config.json":  # a training run: its checkpoint carries the cfg
+            model = _Model(None, model.weights)
+        if self._reuse(row, model):
+            self.echo(f"[{name}] done before, reused: {row.command}")
+            return
+        self._rerun = True
         self.echo(f"[{name}] {row.command}")
         t0 = time.perf_counter()
         code = self.run_cli(argv)
         row.wall_s = round(time.perf_counter() - t0, 1)
         if code != 0:
             row.status = f"failed (exit {code})"
+            self._record(row, None)
             return
-        if model.cfg is not None and model.cfg.name == "config.json":  # a training run: its checkpoint carries the cfg
-            model = _Model(None, model.weights)
         self.models[name] = model if model.cfg is not None or model.quantized is not None else _Model(self._cfg_of(model.weights), model.weights)
         try:
             self._measure(row, self.models[name])
         except Exception as exc:  # a measurement problem is reported in the row, the suite goes on
             row.status = f"measured partly: {type(exc).__name__}: {exc}"
+        self._record(row, self.models[name])
+
+    # ------------------------------------------------------------------ resuming
+
+    def _step_file(self, name: str) -> Path:
+        return self.out / STEPS_DIR / f"{name}.json"
+
+    def _record(self, row: Row, model: _Model | None) -> None:
+        from edgeyolo.model.io import atomic_write_text
+
+        doc = {
+            "command": row.command, "status": row.status, "wall_s": row.wall_s, "notes": row.notes,
+            "model": None if model is None else {k: None if v is None else str(v) for k, v in asdict(model).items()},
+            "onnx": str(self.onnx[row.name]) if row.name in self.onnx else None,
+            **{k: getattr(row, k) for k in _MEASURED},
+        }
+        atomic_write_text(self._step_file(row.name), json.dumps(doc, indent=1))
+
+    def _reuse(self, row: Row, model: _Model) -> bool:
+        """Take a finished row from its record when nothing it depends on ran again."""
+        path = self._step_file(row.name)
+        if self._rerun or not path.exists():
+            return False
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return False
+        if doc.get("command") != row.command:
+            return False
+        if doc.get("model") is None:  # a recorded failure: the same command fails the same way
+            row.status, row.wall_s, row.notes = doc["status"], doc["wall_s"], {"reused": True}
+            return True
+        recorded = _Model(**{k: None if v is None else Path(v) for k, v in doc["model"].items()})
+        files = [f for f in (recorded.cfg, recorded.weights, recorded.quantized) if f is not None]
+        if not files or not all(f.exists() for f in files):
+            return False
+        if doc.get("onnx") and not Path(doc["onnx"]).exists():
+            return False
+        row.status, row.wall_s, row.notes = doc["status"], doc["wall_s"], dict(doc.get("notes") or {}, reused=True)
+        for k in _MEASURED:
+            setattr(row, k, doc.get(k))
+        self.models[row.name] = recorded
+        if doc.get("onnx"):
+            self.onnx[row.name] = Path(doc["onnx"])
+        return True
 
     @staticmethod
     def _cfg_of(weights: Path) -> Path:
@@ -305,7 +364,7 @@ def table_markdown(preset: Preset, rows: list[Row], wall_s: float) -> str:
         lines += ["**Not representative**: a smoke run (tiny set, one epoch per stage) that checks the plumbing.", ""]
     lines += [
         f"{preset.cfg} @ {preset.img_size} px, synthetic set ({preset.train_images} train / {preset.val_images} val), seed {preset.seed}; "
-        f"wall time {wall_s / 60:.1f} min.",
+        f"wall time {wall_s / 60:.1f} min" + _reused_note(rows) + ".",
         "",
         "| row | status | params | BFLOPs | latency ms (p50 / p90) | mAP@0.5 | mAP@0.5:0.95 | epochs | wall s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -319,6 +378,14 @@ def table_markdown(preset: Preset, rows: list[Row], wall_s: float) -> str:
         )
     lines += ["", "## Commands", ""] + [f"- {r.name}: `{r.command}`" for r in rows] + [""]
     return "\n".join(lines)
+
+
+def _reused_note(rows: list[Row]) -> str:
+    reused = [r for r in rows if r.notes.get("reused")]
+    if not reused:
+        return ""
+    total = sum(r.wall_s for r in rows) / 60
+    return f" (this invocation; {len(reused)} rows reused from an earlier one; the rows' own commands took {total:.1f} min)"
 
 
 def get_preset(name: str) -> Preset:

@@ -66,3 +66,28 @@ def test_presets() -> None:
     assert PRESETS["full"].representative and not PRESETS["smoke"].representative
     with pytest.raises(UsageError, match="smoke, full"):
         get_preset("fast")
+
+
+def test_a_second_run_reuses_finished_rows_and_reruns_what_changed(suite_run: tuple[Path, dict]) -> None:
+    out, doc = suite_run
+    calls: list[list[str]] = []
+
+    def counting(argv: list[str]) -> int:
+        calls.append(argv)
+        return main(argv)
+
+    first = {r["name"]: r for r in doc["rows"]}
+    # every row finished before: nothing runs again, the numbers come back from the records
+    rows = {r.name: r for r in Suite(MICRO, out, run=counting, echo=lambda _: None).run()}
+    assert calls == []
+    for name in ("baseline", "prune-slim", "kd-1", "ptq-minmax-pow2", "qat-pow2-w8a8"):
+        assert rows[name].notes.get("reused") and rows[name].map50 == first[name]["map50"]
+        assert rows[name].latency_ms > 0  # timing is always measured again
+    assert rows["prune-normal"].status == "failed (exit 2)" and rows["ft-normal"].status == "skipped: needs prune-normal"
+    assert "rows reused from an earlier one" in (out / "suite.md").read_text()
+    # a row whose output is gone runs again, and so does every row after it (its inputs may have changed)
+    (out / "prune" / "slim" / "model.safetensors").unlink()
+    Suite(MICRO, out, run=counting, echo=lambda _: None).run()
+    ran = [argv[0] if argv[0] != "prune" else f"prune-{argv[1]}" for argv in calls]
+    assert ran[0] == "prune-slim" and "train" in ran and "quantize" in ran and "prune-normal" not in ran
+    assert (out / "prune" / "slim" / "model.safetensors").exists()
