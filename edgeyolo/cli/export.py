@@ -145,7 +145,7 @@ def qdq_cmd(
     typer.echo(
         f"wrote {result.path} (opset {result.opset}, {result.quantize_nodes} QuantizeLinear, "
         f"{result.weight_quantizers} weight quantizers); int8 codes equal to torch at every "
-        f"QuantizeLinear: min {result.min_code_match:.4%}"
+        f"QuantizeLinear: min {result.min_code_match:.4%} ({result.comparison})"
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 
-def make_session(model: str | Path | bytes, threads: int = 0) -> Any:
+def make_session(model: str | Path | bytes, threads: int = 0, optimize: bool = True) -> Any:
     """A CPU session. Worker threads do not spin after a call: with several sessions in one process,
     spinning threads slow the others down by 2x (measured), which would corrupt benchmarks."""
     import onnxruntime as ort
@@ -19,6 +19,8 @@ def make_session(model: str | Path | bytes, threads: int = 0) -> Any:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if not optimize:  # the graph as written: no fusions (e.g. a Mul folded into the Conv before it)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 

@@ -112,12 +112,17 @@ class ActQuantizer(nn.Module):
         if self.export:  # ONNX QuantizeLinear/DequantizeLinear; ONNX has no narrow range, so int8 = -128..127
             zero = torch.zeros(1, dtype=torch.int32)
             return torch.fake_quantize_per_tensor_affine(x, s.reshape(1), zero, -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1)
+        q = self.codes(x, s)
+        return q * s
+
+    def codes(self, x: Tensor, s: Tensor) -> Tensor:
+        """The integer codes (as float) of ``x`` at scale ``s``, recorded or replaced (capture_codes)."""
         q = quantize(x, s, self.qmin, self.qmax, self.rounding)
         if self.capture is not None:
             self.capture.append(q.detach().to(torch.int32))
         if self.force:  # teacher forcing: continue from another runtime's codes (see capture_codes)
             q = self.force.pop(0).to(q)
-        return q * s
+        return q
 
     def forward(self, x: Tensor) -> Tensor:
         return x if self.observe(x) else self.apply(x)
@@ -172,6 +177,7 @@ class QuantConvBlock(ConvBlock):
         self.bn_frozen = False
         self.quantized = True
         self.exporting = False  # export_mode: the folded weights are buffers, so they become initializers
+        self.exact = False  # integer_exact: the conv sums integer codes exactly (see integer_exact)
 
     def folded_params(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
         conv, bn = self.conv, self.bn
@@ -196,10 +202,30 @@ class QuantConvBlock(ConvBlock):
             return ConvBlock.forward(self, x)
         if not self.quantized:
             return ConvBlock.forward(self, x)
+        if self.exact:
+            return self._exact_forward(x)
         x = self.in_q(x)
         w, b = (self.export_w, self.export_b) if self.exporting else self.folded_params(x)
         conv = self.conv
         return self.act(F.conv2d(x, self.w_q(w), b, conv.stride, conv.padding, conv.dilation, conv.groups))
+
+    def _exact_forward(self, x: Tensor) -> Tensor:
+        """Eval-mode forward in the arithmetic of an int8 engine: the conv sums integer codes exactly
+        (float64), then one float32 rescale by s_x·s_w per output channel and the float32 bias."""
+        q_in, w_q = self.in_q, self.w_q
+        if self.training or not q_in.enabled or q_in.scheme == "dorefa" or w_q.scheme == "dorefa":
+            raise UsageError("integer-exact evaluation needs an eval-mode affine or pow2 model")
+        s_x = q_in.scale()
+        codes = q_in.codes(x, s_x)
+        w, b = folded_block_params(self)
+        s_w = w_q.scale(w)
+        w_codes = quantize(w, s_w, w_q.qmin, w_q.qmax, w_q.rounding)
+        conv = self.conv
+        acc = F.conv2d(codes.double(), w_codes.double(), None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        bound = F.conv2d(codes.double().abs(), w_codes.double().abs(), None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        self.exact_bound = float(bound.max())  # every partial sum of the codes is at most this
+        rescale = (s_x.float() * s_w.float().reshape(-1)).reshape(1, -1, 1, 1)
+        return self.act(acc.float() * rescale + b.float().reshape(1, -1, 1, 1))
 
 
 class QuantShortcut(nn.Module):
@@ -353,6 +379,22 @@ def export_mode(model: nn.Module) -> Iterator[None]:
             for name in ("export_w", "export_b"):
                 if name in b._buffers:
                     del b._buffers[name]
+
+
+@contextmanager
+def integer_exact(model: nn.Module) -> Iterator[list[QuantConvBlock]]:
+    """Quantized convs compute as int8 engines do (int32-exact sums of codes, then a float rescale)
+    instead of summing dequantized floats, whose rounding depends on the runtime's summation order.
+    Yields the blocks; each records ``exact_bound``, the largest sum of |code products| it met."""
+    model = _require(model)
+    blocks = [m for m in model.module_list if isinstance(m, QuantConvBlock) and m.quantized]
+    try:
+        for b in blocks:
+            b.exact = True
+        yield blocks
+    finally:
+        for b in blocks:
+            b.exact = False
 
 
 @contextmanager
