@@ -57,6 +57,10 @@ def train(
     fpga: bool = typer.Option(False, "--FPGA", help="Same as --quantized pow2 (power-of-two scales, for FPGA DPUs)."),
     w_bit: int = typer.Option(8, "--w-bit", "--w_bit", help="QAT weight bits."),
     a_bit: int = typer.Option(8, "--a-bit", "--a_bit", help="QAT activation bits."),
+    edge_bits: Optional[int] = typer.Option(
+        None, "--edge-bits", help="QAT bits of the image-input conv and the head convs (default: 8 when --w-bit/--a-bit < 8; 0: the same)."
+    ),
+    qat_calib: int = typer.Option(64, "--qat-calib", help="Train images calibrating the activation ranges before QAT (0: the first batch's max)."),
     bn_fold: bool = typer.Option(False, "--bn-fold", "--BN_Fold", "--BN_Flod", help="QAT with BN folded into the conv weights."),
 ) -> None:
     """Train a darknet-cfg model; each epoch validates, logs one line and checkpoints atomically."""
@@ -132,6 +136,8 @@ def train(
             w_bit=w_bit,
             a_bit=a_bit,
             bn_fold=bn_fold,
+            edge_bits=edge_bits,
+            qat_calib=qat_calib,
         )
         trainer = Trainer(config, progress=progress, on_epoch=on_epoch)
         typer.echo(f"training into {trainer.run_dir}")
@@ -140,7 +146,8 @@ def train(
     if trainer.quant_spec:
         q = trainer.quant_spec
         typer.echo(
-            f"quantization-aware training: {q.scheme}, w{q.w_bit}/a{q.a_bit}{', BN folded' if q.bn_fold else ''}; "
+            f"quantization-aware training: {q.scheme}, w{q.w_bit}/a{q.a_bit}{', BN folded' if q.bn_fold else ''}"
+            f"{f', first and head convs at {q.edge_bits} bit' if q.edge_bits else ''}; "
             f"the quantized model is written to {trainer.run_dir}/last_quant and best_quant"
         )
     if trainer.sparsity:

@@ -94,6 +94,8 @@ class TrainConfig:
     w_bit: int = 8
     a_bit: int = 8
     bn_fold: bool = False
+    edge_bits: Optional[int] = None  # first conv + head convs (None: 8 below 8 bits, else the same; 0: the same)
+    qat_calib: int = 64  # train images that calibrate the activation ranges (mse) before QAT (0: first batch's max)
 
     def __post_init__(self) -> None:
         if self.img_size <= 0 or self.img_size % 32:
@@ -116,6 +118,8 @@ class TrainConfig:
             raise UsageError("--t-cfg/--t-weights name a distillation teacher: add --KDstr 1-6 to choose the strategy")
         if self.kd_t <= 0 or self.kd_weight < 0:
             raise UsageError(f"--kd-t must be positive and --kd-weight non-negative, got {self.kd_t} and {self.kd_weight}")
+        if self.qat_calib < 0:
+            raise UsageError(f"--qat-calib must be 0 or more images, got {self.qat_calib}")
         if self.quantized:
             self.quant_spec()  # validates scheme and bit widths
         elif self.bn_fold or (self.w_bit, self.a_bit) != (8, 8):
@@ -127,7 +131,8 @@ class TrainConfig:
             return None
         from edgeyolo.compress.quant import QuantSpec
 
-        return QuantSpec(scheme=self.quantized, w_bit=self.w_bit, a_bit=self.a_bit, bn_fold=self.bn_fold)
+        edge = self.edge_bits if self.edge_bits is not None else (8 if min(self.w_bit, self.a_bit) < 8 else 0)
+        return QuantSpec(scheme=self.quantized, w_bit=self.w_bit, a_bit=self.a_bit, bn_fold=self.bn_fold, edge_bits=edge or None)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -269,6 +274,7 @@ class Trainer:
             from edgeyolo.compress.quant import prepare_qat
 
             model = prepare_qat(model, self.quant_spec)
+            self._calibrate_qat(model)
         self.model: Darknet = model.to(self.device).train()
         augment = TrainAugment(enabled=config.augment)
         self.dataset = YoloTrainDataset(
@@ -330,6 +336,22 @@ class Trainer:
             opt = torch.optim.SGD([{"params": no_decay, "weight_decay": 0.0}], lr=c.lr0, momentum=c.momentum, nesterov=True)
         opt.add_param_group({"params": decay, "weight_decay": c.weight_decay})
         return opt
+
+    def _calibrate_qat(self, model: Darknet) -> None:
+        """Activation ranges from an mse calibration on the first ``qat_calib`` train images (no
+        augmentation) rather than the first batch's max: at 4 bits a max range leaves most codes
+        unused and QAT starts far off. A resume then loads its saved ranges over these."""
+        c = self.config
+        if not c.qat_calib or self.quant_spec.scheme == "dorefa":
+            return
+        from edgeyolo.compress.quant import calibrate
+        from edgeyolo.compress.quant.calib import image_batches
+
+        contract = Contract(c.img_size, c.img_size, channel_order=channel_order_for(model.cfg.net.channels))
+        paths = [s.image for s in self.train_set.samples[: c.qat_calib]]
+        with torch.no_grad():
+            seen = calibrate(model, image_batches(paths, contract, min(c.batch_size, 16)), "mse")
+        log.info("QAT: activation ranges calibrated (mse) on %d train images in %d batches", len(paths), seen)
 
     # ------------------------------------------------------------------ state
 

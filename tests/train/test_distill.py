@@ -530,6 +530,26 @@ def test_qat_resume_is_bitwise_identical(synth, tmp_path):
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
 
 
+def test_low_bit_qat_starts_from_calibrated_ranges_with_8_bit_edges(synth, tmp_path):
+    from edgeyolo.compress.quant.modules import act_quantizers
+
+    config = TrainConfig(
+        data=str(synth), cfg=str(cfg_path("edgeyolo-mobile")), img_size=64, batch_size=4, epochs=1, workers=0,
+        out=str(tmp_path), name="q4", threads=1, max_val_images=2, quantized="pow2", w_bit=4, a_bit=4,
+    )
+    spec = config.quant_spec()
+    assert spec.edge_bits == 8  # below 8 bits the first and head convs stay at 8 unless --edge-bits says otherwise
+    assert dataclasses.replace(config, edge_bits=0).quant_spec().edge_bits is None
+    assert TrainConfig(**{**dataclasses.asdict(config), "w_bit": 8, "a_bit": 8}).quant_spec().edge_bits is None
+    calibrated = Trainer(config)
+    ranges = {n: float(q.amax) for n, q in act_quantizers(calibrated.model).items()}
+    assert ranges and all(r > 0 for r in ranges.values())  # set before the first step, not by its batch
+    first_batch = Trainer(dataclasses.replace(config, name="q4max", qat_calib=0))
+    assert all(float(q.amax) == 0 for q in act_quantizers(first_batch.model).values())
+    with pytest.raises(UsageError, match="--qat-calib"):
+        dataclasses.replace(config, qat_calib=-1)
+
+
 def test_qat_flags_without_a_scheme_or_with_a_bad_one_are_refused(synth, tmp_path, capsys):
     from edgeyolo.cli.app import main
 

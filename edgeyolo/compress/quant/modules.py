@@ -278,10 +278,12 @@ def prepare_qat(model: Darknet, spec: QuantSpec) -> Darknet:
     if not isinstance(model, Darknet):
         raise UsageError(f"prepare_qat takes an edgeyolo Darknet model, got {type(model).__name__}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    edges = {0} | {y.index - 1 for y in model.cfg.yolo_layers}  # the image-input conv, the head convs
     for layer, module in zip(model.cfg.layers, list(model.module_list)):
         if isinstance(layer, ConvSpec) and isinstance(module, ConvBlock):
             role = "input" if layer.index == 0 else "act"
-            model.module_list[layer.index] = QuantConvBlock(module, spec, role).to(device)
+            own = spec.at_edges() if layer.index in edges else spec
+            model.module_list[layer.index] = QuantConvBlock(module, own, role).to(device)
         elif isinstance(layer, ShortcutSpec) and spec.scheme != "dorefa":  # DoReFa's [0, 1] clip would kill residuals
             model.module_list[layer.index] = QuantShortcut(spec).to(device)
     model.__class__ = QuantDarknet

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from edgeyolo.errors import UsageError
 
@@ -41,11 +41,14 @@ class QuantSpec:
     bn_fold: bool = False
     vitis_sim: bool = False
     equal_scales: bool = False
+    edge_bits: int | None = None  # bits of the image-input conv and the convs feeding [yolo] heads (None: w_bit/a_bit)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scheme", parse_scheme(self.scheme))
-        for name in ("w_bit", "a_bit"):
+        for name in ("w_bit", "a_bit", "edge_bits"):
             bits = getattr(self, name)
+            if name == "edge_bits" and bits is None:
+                continue
             if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
                 raise UsageError(f"{name} must be an integer in 2..16, got {bits!r}")
         if self.vitis_sim:
@@ -55,6 +58,12 @@ class QuantSpec:
                 raise UsageError(f"vitis_sim means the DPU's 8-bit arithmetic; got w_bit={self.w_bit}, a_bit={self.a_bit}")
             object.__setattr__(self, "scheme", "pow2")
             object.__setattr__(self, "equal_scales", True)
+
+    def at_edges(self) -> "QuantSpec":
+        """The spec of the image-input conv and the head convs: ``edge_bits`` for weights and inputs."""
+        if self.edge_bits is None:
+            return self
+        return replace(self, w_bit=self.edge_bits, a_bit=self.edge_bits, edge_bits=None)
 
     @property
     def per_channel(self) -> bool:

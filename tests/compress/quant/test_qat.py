@@ -198,3 +198,18 @@ def test_a_diverged_activation_range_is_passed_on_as_nan_not_a_missing_calibrati
         q.apply(torch.ones(3))
     q.amax.fill_(float("nan"))
     assert all(math.isnan(v) for v in q.apply(torch.ones(3)).tolist())
+
+
+def test_edge_bits_keep_the_input_and_head_convs_wider(tmp_path):
+    model = prepare_qat(res_model(), QuantSpec("affine", w_bit=4, a_bit=4, edge_bits=8))
+    heads = {y.index - 1 for y in model.cfg.yolo_layers}
+    bits = {i: (b.w_q.bits, b.in_q.bits) for i, b in enumerate(model.module_list) if isinstance(b, QuantConvBlock)}
+    assert heads and all(bits[i] == (8, 8) for i in heads | {0})
+    assert all(v == (4, 4) for i, v in bits.items() if i not in heads | {0}) and len(bits) > len(heads) + 1
+    calibrate(model, synthetic_batches(2, 64, 1))
+    save_quantized(model, tmp_path / "q")
+    again = load_quantized(tmp_path / "q")
+    assert again.quant_spec.edge_bits == 8
+    assert {i: (b.w_q.bits, b.in_q.bits) for i, b in enumerate(again.module_list) if isinstance(b, QuantConvBlock)} == bits
+    with pytest.raises(UsageError, match="edge_bits must be an integer in 2..16"):
+        QuantSpec("affine", edge_bits=1)
