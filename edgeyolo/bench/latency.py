@@ -25,9 +25,11 @@ cached as JSON when a cache folder is given; a key mismatch rebuilds it.
 **The choice** (:func:`prune_to_latency`): greedy width selection against the table (budget.py),
 graph surgery with β compensation, then a measured-latency correction: time the pruned model
 interleaved with the unpruned one, express it on the table's clock (pruned / unpruned × the table's
-unpruned latency — drift of the shared machine between table and check cancels), rescale the
-prediction target by target / measured and select again; at most ``iterations`` rounds, the closest
-one wins.
+unpruned latency — drift of the shared machine between table and check cancels), then re-aim
+(:func:`next_aim`: rescale by target / measured until one aim measured below the target and one
+above, then interpolate between them) and select again. A model within tolerance is timed a
+second time before the loop stops on it; at most ``iterations`` rounds, the attempt whose median
+measurement is closest wins.
 
 :func:`latency_prune_bench` compares the result, at equal latency, with uniform-width pruning and
 global-threshold pruning (``regular`` in normal mode, ``slim`` in slim mode).
@@ -438,6 +440,25 @@ def _damped(factor: float) -> float:
     return min(MAX_CORRECTION, max(1.0 / MAX_CORRECTION, factor))
 
 
+def next_aim(history: Sequence[tuple[float, float]], target: float, lowest: float, highest: float) -> float:
+    """The next prediction target of the correction loop, from the (aim, measured) pairs so far.
+
+    Once one aim measured below the target and another above, interpolate between the closest such
+    pair (latency grows with the aim, so the answer lies between them); before that, rescale the
+    last aim by target / measured, damped to ×1.25 per round. Always within [lowest, highest].
+    """
+    below = [(a, m) for a, m in history if m <= target]
+    above = [(a, m) for a, m in history if m > target]
+    if below and above:
+        lo = max(below, key=lambda p: p[1])
+        hi = min(above, key=lambda p: p[1])
+        if hi[0] > lo[0] and hi[1] > lo[1]:
+            aim = lo[0] + (target - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1])
+            return min(highest, max(lowest, aim))
+    aim, measured = history[-1]
+    return min(highest, max(lowest, aim * _damped(target / measured)))
+
+
 def measure_pair(model: Darknet, pruned: Darknet, img_size: int, threads: int, runs: int) -> tuple[float, float]:
     """(pruned, unpruned) onnxruntime medians (ms), the two interleaved run by run."""
     from edgeyolo.bench.prune import _time_models
@@ -465,18 +486,21 @@ def prune_to_latency(
     mode: PruneMode | str = PruneMode.NORMAL,
     table: LatencyTable | None = None,
     threads: int = 0,
-    iterations: int = 3,
-    tolerance: float = 0.05,
+    iterations: int = 6,
+    tolerance: float = 0.04,
     runs: int = 30,
     layer_keep: float = 0.01,
     importance: Importance = Importance.GAMMA,
     cache_dir: str | Path | None = None,
+    measure: Callable[[Darknet], tuple[float, float]] | None = None,
 ) -> LatencyPruneResult:
     """The pruned ``model`` (left unchanged) whose onnxruntime latency on this host meets ``target_ms``.
 
-    ``iterations``: selection rounds, each but a last successful one followed by a measured correction
-    (0: select once against the table and measure nothing). ``tolerance``: relative gap to the target
-    at which the loop stops early.
+    ``iterations``: selection rounds, each followed by a measurement (0: select once against the
+    table and measure nothing); the aim of the next round comes from :func:`next_aim`.
+    ``tolerance``: relative gap to the target at which the loop stops early — but only once a
+    second, independent measurement of the same model agrees, so one lucky timing cannot end it.
+    ``measure``: (pruned, unpruned) ms of a model, interleaved (default: onnxruntime, ``runs`` each).
     """
     mode = parse_mode(mode)
     if not (math.isfinite(target_ms) and target_ms > 0):
@@ -487,32 +511,43 @@ def prune_to_latency(
     variables, protected = width_variables(model.cfg, mode, multiple, layer_keep)
     scores = variable_scores(model, variables, importance)
     lowest = table.predict(conv_widths(variables, {k: v.minimum for k, v in enumerate(variables)}))
+    if measure is None:
+        def measure(pruned: Darknet) -> tuple[float, float]:
+            return measure_pair(model, pruned, img_size, threads, runs)
+
     attempts: list[Attempt] = []
-    seen: dict[tuple, Attempt] = {}
+    clocks: dict[tuple, list[float]] = {}  # model (widths) -> its measurements on the table's clock
     results = {}
+    history: list[tuple[float, float]] = []
     aim = target_ms
     for round_ in range(max(iterations, 1)):
         choice = select_widths(table.predict, variables, scores, aim, multiple)
         widths = conv_widths(variables, choice.widths)
         signature = tuple(sorted(widths.items()))
-        if signature in seen:  # the correction led back to a model already timed
-            break
-        plan = width_plan(variables, scores, choice.widths)
-        pruned = apply_plan(model, plan).model.eval()
-        results[signature] = (plan, pruned, choice)
+        if signature not in results:
+            plan = width_plan(variables, scores, choice.widths)
+            results[signature] = (plan, apply_plan(model, plan).model.eval(), choice)
         if iterations <= 0:
             attempts.append(Attempt(aim, choice.predicted_ms, None, None, widths))
             break
-        measured, unpruned = measure_pair(model, pruned, img_size, threads, runs)
+        measured, unpruned = measure(results[signature][1])
         attempt = Attempt(aim, choice.predicted_ms, measured, unpruned, widths)
         attempts.append(attempt)
-        seen[signature] = attempt
         clock = attempt.on_table_clock(table)
+        clocks.setdefault(signature, []).append(clock)
+        history.append((aim, float(np.median(clocks[signature]))))
         logger.info("latency round %d: aim %.2f ms, predicted %.2f, measured %.2f (table clock)", round_ + 1, aim, choice.predicted_ms, clock)
-        if abs(clock - target_ms) / target_ms <= tolerance:
-            break
-        aim = min(table.full_ms, max(lowest, aim * _damped(target_ms / clock)))
-    best = min(attempts, key=lambda a: abs((a.on_table_clock(table) or a.predicted_ms) - target_ms))
+        if abs(history[-1][1] - target_ms) / target_ms <= tolerance:
+            if len(clocks[signature]) >= 2:
+                break  # two independent measurements of this model agree with the target
+            continue  # measure the same model again before believing it (same aim, same widths)
+        aim = next_aim(history, target_ms, lowest, table.full_ms)
+
+    def typical(a: Attempt) -> float:  # a model measured more than once counts by its median
+        key = tuple(sorted(a.widths.items()))
+        return float(np.median(clocks[key])) if key in clocks else a.predicted_ms
+
+    best = min(attempts, key=lambda a: abs(typical(a) - target_ms))
     plan, pruned, choice = results[tuple(sorted(best.widths.items()))]
     full = {c.index: c.filters for c in model.cfg.conv_layers}
     narrowed = {i: w for i, w in best.widths.items() if w < full[i]}
@@ -656,7 +691,7 @@ def latency_prune_bench(
     dataset=None,
     table: LatencyTable | None = None,
     cache_dir: str | Path | None = None,
-    iterations: int = 3,
+    iterations: int = 6,
     match_rounds: int = 2,
     progress: Callable[[range], range] | None = None,
 ) -> LatencyBench:
