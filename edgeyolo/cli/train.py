@@ -60,7 +60,7 @@ def train(
     edge_bits: Optional[int] = typer.Option(
         None, "--edge-bits", help="QAT bits of the image-input conv and the head convs (default: 8 when --w-bit/--a-bit < 8; 0: the same)."
     ),
-    qat_calib: int = typer.Option(64, "--qat-calib", help="Train images calibrating the activation ranges before QAT (0: the first batch's max)."),
+    qat_calib: int = typer.Option(64, "--qat-calib", help="Train images calibrating the activation ranges (mse) before QAT, which then keeps them fixed (0: track an EMA of each batch's max)."),
     bn_fold: bool = typer.Option(False, "--bn-fold", "--BN_Fold", "--BN_Flod", help="QAT with BN folded into the conv weights."),
 ) -> None:
     """Train a darknet-cfg model; each epoch validates, logs one line and checkpoints atomically."""

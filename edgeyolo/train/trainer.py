@@ -95,7 +95,7 @@ class TrainConfig:
     a_bit: int = 8
     bn_fold: bool = False
     edge_bits: Optional[int] = None  # first conv + head convs (None: 8 below 8 bits, else the same; 0: the same)
-    qat_calib: int = 64  # train images that calibrate the activation ranges (mse) before QAT (0: first batch's max)
+    qat_calib: int = 64  # train images calibrating the activation ranges (mse, then frozen) before QAT (0: EMA of batch max)
 
     def __post_init__(self) -> None:
         if self.img_size <= 0 or self.img_size % 32:
@@ -339,19 +339,22 @@ class Trainer:
 
     def _calibrate_qat(self, model: Darknet) -> None:
         """Activation ranges from an mse calibration on the first ``qat_calib`` train images (no
-        augmentation) rather than the first batch's max: at 4 bits a max range leaves most codes
-        unused and QAT starts far off. A resume then loads its saved ranges over these."""
+        augmentation), then frozen: the weights learn to fit them. Tracking each batch's max instead
+        widens the ranges, which at 4 bits leaves most codes unused (measured: 4-bit QAT fell from
+        0.237 to 0.170 mAP@0.5 in its second epoch with tracked ranges). A resume loads the saved
+        ranges over these and freezes them alike."""
         c = self.config
         if not c.qat_calib or self.quant_spec.scheme == "dorefa":
             return
-        from edgeyolo.compress.quant import calibrate
+        from edgeyolo.compress.quant import calibrate, freeze_ranges
         from edgeyolo.compress.quant.calib import image_batches
 
         contract = Contract(c.img_size, c.img_size, channel_order=channel_order_for(model.cfg.net.channels))
         paths = [s.image for s in self.train_set.samples[: c.qat_calib]]
         with torch.no_grad():
             seen = calibrate(model, image_batches(paths, contract, min(c.batch_size, 16)), "mse")
-        log.info("QAT: activation ranges calibrated (mse) on %d train images in %d batches", len(paths), seen)
+        freeze_ranges(model)
+        log.info("QAT: activation ranges calibrated (mse) on %d train images in %d batches, then frozen", len(paths), seen)
 
     # ------------------------------------------------------------------ state
 

@@ -544,6 +544,7 @@ def test_low_bit_qat_starts_from_calibrated_ranges_with_8_bit_edges(synth, tmp_p
     calibrated = Trainer(config)
     ranges = {n: float(q.amax) for n, q in act_quantizers(calibrated.model).items()}
     assert ranges and all(r > 0 for r in ranges.values())  # set before the first step, not by its batch
+    assert all(q.frozen for q in act_quantizers(calibrated.model).values())  # and kept: training does not widen them
     first_batch = Trainer(dataclasses.replace(config, name="q4max", qat_calib=0))
     assert all(float(q.amax) == 0 for q in act_quantizers(first_batch.model).values())
     with pytest.raises(UsageError, match="--qat-calib"):
