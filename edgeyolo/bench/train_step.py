@@ -18,20 +18,25 @@ class StepBench:
     cfg: str
     img_size: int
     batch_size: int
-    bare_img_per_s: float
-    trainer_img_per_s: float
+    bare_img_per_s: float  # median over the rounds
+    trainer_img_per_s: float  # median over the rounds
+    rounds: tuple[tuple[float, float], ...] = ()  # (bare, trainer) img/s of each round, in order
 
     @property
     def ratio(self) -> float:
-        """trainer step time / bare step time."""
+        """trainer step time / bare step time (medians)."""
         return self.bare_img_per_s / self.trainer_img_per_s
 
 
 def bench_train_step(
-    cfg: str, img_size: int = 160, batch_size: int = 16, images: int = 256, workers: int = 2, threads: int = 0, sparse: bool = False, cache: bool = True
+    cfg: str, img_size: int = 160, batch_size: int = 16, images: int = 256, workers: int = 2, threads: int = 0,
+    sparse: bool = False, cache: bool = True, rounds: int = 3,
 ) -> StepBench:
-    """Steady-state trainer throughput (the second of two epochs, so worker start-up, which a run
-    pays once, is left out) against the bare step on one pre-loaded batch."""
+    """Steady-state trainer throughput against the bare step on one pre-loaded batch, interleaved:
+    each round times one trainer epoch, then as many bare steps, so a busy machine slows both alike;
+    medians over ``rounds``. A first, untimed epoch pays the workers' start-up, which a run pays once."""
+    import statistics
+
     from edgeyolo.data.synth import make_synthetic
     from edgeyolo.model.checkpoint import load_model
     from edgeyolo.model.zoo import resolve_cfg
@@ -44,13 +49,12 @@ def bench_train_step(
         classes = load_model(cfg_path).num_classes
         data = make_synthetic(Path(tmp) / "synth", classes=classes, train=images, val=4, img_size=img_size, seed=0).data_yaml
         config = TrainConfig(
-            data=str(data), cfg=cfg_path, img_size=img_size, batch_size=batch_size, epochs=2, workers=workers, out=tmp, name="run", sparse=sparse, cache=cache
+            data=str(data), cfg=cfg_path, img_size=img_size, batch_size=batch_size, epochs=rounds + 1, workers=workers,
+            out=tmp, name="run", sparse=sparse, cache=cache,
         )
         trainer = Trainer(config)
         trainer.validate = lambda: None  # time the training loop only
         trainer.train_epoch(0, trainer.accumulate)
-        record = trainer.train_epoch(1, trainer.accumulate)
-        trainer._loader = None  # stop the workers before timing the bare step
 
         model = load_model(cfg_path).train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
@@ -58,10 +62,16 @@ def bench_train_step(
         steps = max(images // batch_size, 2)
         for _ in range(2):
             sum(r.float().mean() for r in model(x)).backward()
-        start = time.perf_counter()
-        for _ in range(steps):
-            sum(r.float().mean() for r in model(x)).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        bare = steps * batch_size / (time.perf_counter() - start)
-    return StepBench(cfg, img_size, batch_size, bare, record.images_per_s)
+        measured = []
+        for epoch in range(1, rounds + 1):
+            trainer_rate = trainer.train_epoch(epoch, trainer.accumulate).images_per_s
+            start = time.perf_counter()
+            for _ in range(steps):
+                sum(r.float().mean() for r in model(x)).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            measured.append((steps * batch_size / (time.perf_counter() - start), trainer_rate))
+        trainer._loader = None  # stop the workers
+    bare = statistics.median(b for b, _ in measured)
+    timed = statistics.median(t for _, t in measured)
+    return StepBench(cfg, img_size, batch_size, bare, timed, tuple(measured))

@@ -98,18 +98,24 @@ def train_step(
     workers: int = typer.Option(2, "--workers", help="Data loading processes."),
     sparse: bool = typer.Option(False, "-sr", "--sparse", help="Include the sparsity penalty."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Train from the decoded-image cache."),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds (one trainer epoch, then as many bare steps); medians."),
 ) -> None:
-    """Trainer throughput (2nd epoch) vs a bare forward+backward on a pre-loaded batch (aim: overhead <= 10 %)."""
+    """Trainer throughput vs a bare forward+backward on a pre-loaded batch, interleaved (aim: overhead <= 10 %)."""
     from rich.console import Console
 
     from edgeyolo.bench.train_step import bench_train_step
+    from edgeyolo.errors import UsageError
 
-    r = bench_train_step(cfg, img_size, batch_size, images, workers, sparse=sparse, cache=cache)
+    if rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {rounds}")
+    r = bench_train_step(cfg, img_size, batch_size, images, workers, sparse=sparse, cache=cache, rounds=rounds)
     table = _table(
         f"{cfg} @ {img_size}, batch {batch_size}, {images} images, {workers} workers, cache {'on' if cache else 'off'}",
-        ("bare fwd+bwd img/s", "trainer img/s", "trainer / bare step time"),
+        ("round", "bare fwd+bwd img/s", "trainer img/s", "trainer / bare step time"),
     )
-    table.add_row(f"{r.bare_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x")
+    for k, (bare, timed) in enumerate(r.rounds, 1):
+        table.add_row(str(k), f"{bare:.1f}", f"{timed:.1f}", f"{bare / timed:.2f}x")
+    table.add_row("median", f"{r.bare_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x")
     Console(width=120).print(table)
 
 

@@ -1,0 +1,25 @@
+"""``edgeyolo bench train-step``: trainer and bare step timed in interleaved rounds."""
+from __future__ import annotations
+
+import pytest
+
+from edgeyolo.bench.train_step import bench_train_step
+from edgeyolo.cli.app import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_rounds_interleave_and_the_ratio_is_of_medians():
+    r = bench_train_step("edgeyolo-res", img_size=64, batch_size=4, images=8, workers=0, rounds=3)
+    assert len(r.rounds) == 3 and all(b > 0 and t > 0 for b, t in r.rounds)
+    assert r.bare_img_per_s == sorted(b for b, _ in r.rounds)[1]
+    assert r.trainer_img_per_s == sorted(t for _, t in r.rounds)[1]
+    assert r.ratio == pytest.approx(r.bare_img_per_s / r.trainer_img_per_s)
+
+
+def test_cli_prints_each_round_and_the_median(capsys):
+    argv = ["bench", "train-step", "--img-size", "64", "--batch-size", "4", "--images", "8", "--workers", "0", "--rounds", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "median" in out and out.count("x") >= 3
+    assert main([*argv[:-1], "0"]) == 2
