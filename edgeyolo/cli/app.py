@@ -40,7 +40,7 @@ def _root(
 
 
 def _register() -> None:
-    from edgeyolo.cli import bench, build, data, detect, device, export, info, prune, quantize, results, synth, targets, test, train
+    from edgeyolo.cli import bench, build, data, detect, device, export, info, prune, quantize, report, results, synth, targets, test, train
 
     info.register(app)
     detect.register(app)
@@ -49,6 +49,7 @@ def _register() -> None:
     prune.register(app)
     quantize.register(app)
     build.register(app)
+    report.register(app)
     targets.register(app)  # targets list|show, check, adapt
     device.register(app)  # deploy, doctor
     app.add_typer(export.app, name="export")
