@@ -100,48 +100,14 @@ def test_suite_report_without_a_sparse_checkpoint_leaves_gamma_out(suite_dir: Pa
     assert "gamma.png: runs/sparse holds no checkpoint" in markdown
 
 
-_CFG = """[net]
-width=64
-height=64
-channels=3
+def _conv(filters: str, size: int = 3, stride: int = 1) -> str:
+    """One darknet conv section; ``filters`` may be a ``{placeholder}`` filled in by ``str.format``."""
+    return f"\n[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size}\nstride={stride}\npad=1\nactivation=leaky\n"
 
-[convolutional]
-batch_normalize=1
-filters={a}
-size=3
-stride=1
-pad=1
-activation=leaky
 
-[convolutional]
-batch_normalize=1
-filters={b}
-size=3
-stride=2
-pad=1
-activation=leaky
-"""
-_BLOCK = """
-[convolutional]
-batch_normalize=1
-filters={c}
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters={b}
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[shortcut]
-from=-3
-activation=linear
-"""
+_NET = "[net]\nwidth=64\nheight=64\nchannels=3\n"
+_CFG = _NET + _conv("{a}") + _conv("{b}", stride=2)
+_BLOCK = _conv("{c}", size=1) + _conv("{b}") + "\n[shortcut]\nfrom=-3\nactivation=linear\n"
 
 
 def test_channels_match_by_order_only_when_the_layer_counts_agree(tmp_path: Path) -> None:
