@@ -20,7 +20,8 @@ one float32 rescale; :func:`integer_exact_proto`): with non-power-of-two scales,
 sum dequantized floats in different orders flip codes at rounding boundaries, and the flips
 cascade (measured on yolov3-tiny, affine: 91 % identical codes at the last layer in float, 100 %
 integer-exact). ONNX rounds half to even and has no narrow range, so a ``vitis_sim`` model (half-up/away
-rounding, −127..127) exports as the standard int8 arithmetic nearest to it.
+rounding, −127..127) has no QDQ form: after a residual add of two power-of-two codes, ties are
+common (12 % of one layer's codes differed in a probe). It is refused with the way out.
 """
 from __future__ import annotations
 
@@ -322,6 +323,11 @@ def export_qdq(
     spec = model.quant_spec
     if spec.scheme == "dorefa":
         raise ExportError("DoReFa weights lie on an odd grid with no integer zero point; a dorefa model has no QDQ form")
+    if spec.vitis_sim:
+        raise UsageError(
+            "a --vitis-sim model rounds half up as the DPU does, which ONNX QuantizeLinear (half to even) cannot express; "
+            "use `edgeyolo export vitis` for the DPU, or quantize without --vitis-sim for TensorRT/onnxruntime"
+        )
     if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise UsageError(f"--opset must lie in {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (per-channel QuantizeLinear needs 13), got {opset}")
     if not model.heads and not raw:

@@ -176,6 +176,10 @@ def test_bad_requests(tiny_weights, tmp_path):
         export_qdq(model, tmp_path / "x.onnx", 64, opset=11)
     with pytest.raises(UsageError, match="multiple of 32"):
         export_qdq(model, tmp_path / "x.onnx", 100)
+    dpu = prepare_qat(res_model(), QuantSpec("pow2", vitis_sim=True))
+    calibrate(dpu, synthetic_batches(2, 64, 1))
+    with pytest.raises(UsageError, match="export vitis"):
+        export_qdq(dpu, tmp_path / "x.onnx", 64)
     assert not list(tmp_path.iterdir())
 
 
