@@ -663,3 +663,84 @@ def train_report(run_dir: Path, out: Path) -> Report:
     lines += [""] + _figures_section(report, captions)
     report.files.append(atomic_write_text(out / REPORT_FILE, "\n".join(lines)))
     return report
+
+
+# ------------------------------------------------------------------------------------------ history
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """One (device, artifact) of a target in the results history: median latency over its complete
+    runs, the newest mAP@0.5 any of them recorded, and the median FPS/W where power was read."""
+
+    target: str
+    device: str
+    artifact: str
+    runs: int
+    latency_ms: float
+    map50: float
+    fps_per_w: float | None
+
+
+def history_points(runs: Sequence[Any]) -> list[HistoryPoint]:
+    """Group complete runs by (target, device, artifact); a group needs a latency and an mAP."""
+    import statistics
+
+    groups: dict[tuple, list] = {}
+    for run in runs:  # newest first, as ResultsStore.runs returns them
+        if run.status == "complete":
+            groups.setdefault(run.group, []).append(run)
+    points = []
+    for (target, device, artifact), members in groups.items():
+        latencies = [m.metrics["latency_ms.p50"] for m in members if _num(m.metrics.get("latency_ms.p50")) is not None]
+        accuracy = next((m.metrics["map50"] for m in members if _num(m.metrics.get("map50")) is not None), None)
+        if not latencies or accuracy is None:
+            continue
+        efficiency = [m.metrics["fps_per_w"] for m in members if _num(m.metrics.get("fps_per_w")) is not None]
+        points.append(HistoryPoint(
+            target, device or "-", artifact or "-", len(members), statistics.median(latencies), float(accuracy),
+            statistics.median(efficiency) if efficiency else None,
+        ))
+    return points
+
+
+def history_report(db: Path | None, out: Path) -> Report:
+    """Per target: mAP@0.5 against latency p50 of every device/artifact in the results history, the
+    Pareto front marked (``pareto-<target>.png``), and a table with FPS/W where power was read."""
+    from edgeyolo.bench.results import ResultsStore
+    from edgeyolo.model.io import atomic_write_text
+
+    with ResultsStore(db, create=False) as store:
+        points = history_points(store.runs(status="complete"))
+        where = store.path
+    report = Report("history", Path(out))
+    if not points:
+        raise UsageError(f"{where}: no complete run records both latency_ms.p50 and map50 (bench device --record --map, or bench suite rows)")
+    by_target: dict[str, list[HistoryPoint]] = {}
+    for p in points:
+        by_target.setdefault(p.target, []).append(p)
+    lines = [f"# Accuracy vs latency per target — {where}", ""]
+    for target, members in sorted(by_target.items()):
+        front = {id(members[i]) for i in pareto_front([(p.latency_ms, p.map50) for p in members])}
+        fig = _figure(8, 5)
+        ax = fig.add_subplot(1, 1, 1)
+        for p in members:
+            ax.plot([p.latency_ms], [p.map50], "o", color=_FRONT_COLOR if id(p) in front else _OTHER_COLOR)
+            ax.annotate(f"{p.artifact} ({p.device})", (p.latency_ms, p.map50), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ordered = sorted((p for p in members if id(p) in front), key=lambda p: p.latency_ms)
+        ax.step([p.latency_ms for p in ordered], [p.map50 for p in ordered], where="post", color=_FRONT_COLOR, linestyle="--", label="Pareto front")
+        ax.set_xlabel("latency p50 (ms, median over runs)")
+        ax.set_ylabel("mAP@0.5")
+        ax.set_title(f"mAP@0.5 vs latency — {target}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        name = f"pareto-{re.sub(r'[^A-Za-z0-9_.-]+', '_', target)}.png"
+        report.files.append(_save(fig, report.out / name))
+        lines += [f"## {target}", "", f"![{target}]({name})", "",
+                  "| device | artifact | runs | latency p50 ms | mAP@0.5 | FPS/W | Pareto |", "|---|---|---|---|---|---|---|"]
+        for p in sorted(members, key=lambda p: p.latency_ms):
+            watts = f"{p.fps_per_w:.3g}" if p.fps_per_w is not None else "no power reading"
+            lines.append(f"| {p.device} | {p.artifact} | {p.runs} | {p.latency_ms:.3g} | {p.map50:.4f} | {watts} | {'yes' if id(p) in front else ''} |")
+        lines.append("")
+    report.files.append(atomic_write_text(report.out / REPORT_FILE, "\n".join(lines)))
+    return report

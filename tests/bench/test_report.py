@@ -251,3 +251,42 @@ def test_an_unknown_folder_is_a_usage_error(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "config.json").write_text("{}")  # a training run cut before its first epoch
     with pytest.raises(UsageError, match="expected suite.json"):
         make_report(tmp_path)
+
+
+def test_history_report_draws_one_pareto_per_target(tmp_path: Path, capsys) -> None:
+    from edgeyolo.bench.report import history_points
+    from edgeyolo.bench.results import ResultsStore
+
+    db = tmp_path / "results.sqlite"
+
+    def run(target: str, artifact: str, p50: float, map50: float | None = None, power: float | None = None) -> dict:
+        metrics: dict = {"fps": 1000 / p50, "latency_ms": {"p50": p50}}
+        if map50 is not None:
+            metrics["map50"] = map50
+        if power is not None:
+            metrics.update(power_w=power, fps_per_w=1000 / p50 / power)
+        return {"kind": "board", "target": target, "device": "b1", "artifact": artifact, "metrics": metrics}
+
+    with ResultsStore(db) as store:
+        for rec in (
+            run("jetson-nano", "full.engine", 40.0, 0.50, 5.0), run("jetson-nano", "full.engine", 44.0),  # mAP on the first run only
+            run("jetson-nano", "pruned.engine", 25.0, 0.48, 4.0),
+            run("jetson-nano", "worse.engine", 30.0, 0.40),  # slower and less accurate than pruned: dominated
+            run("zcu104", "dpu.xmodel", 12.0, 0.45),
+            run("zcu104", "no-map.xmodel", 10.0),  # no accuracy recorded: not a point
+        ):
+            store.add_run(rec)
+        points = {(p.target, p.artifact): p for p in history_points(store.runs())}
+    assert set(points) == {("jetson-nano", "full.engine"), ("jetson-nano", "pruned.engine"), ("jetson-nano", "worse.engine"), ("zcu104", "dpu.xmodel")}
+    full = points[("jetson-nano", "full.engine")]
+    assert full.runs == 2 and full.latency_ms == 42.0 and full.map50 == 0.50 and full.fps_per_w == pytest.approx(25 / 5)
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "rep")]) == 0
+    for name in ("pareto-jetson-nano.png", "pareto-zcu104.png"):
+        assert (tmp_path / "rep" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (tmp_path / "rep" / "report.md").read_text()
+    rows = {line.split("|")[2].strip(): line for line in markdown.splitlines() if line.startswith("| b1 |")}
+    assert rows["worse.engine"].rstrip().endswith("|  |") and rows["pruned.engine"].rstrip().endswith("| yes |")
+    assert "no power reading" in rows["worse.engine"] and "| 10 |" in rows["pruned.engine"]  # 40 fps / 4 W
+    capsys.readouterr()
+    assert main(["report"]) == 2 and "not both" in capsys.readouterr().err
+    assert main(["report", "--db", str(tmp_path / "none.sqlite")]) == 2
