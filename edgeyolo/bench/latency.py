@@ -663,8 +663,9 @@ def _match_measured(
     tolerance: float = 0.03,
 ) -> tuple[Darknet, float, str, str]:
     """``build(aim)`` whose measured latency (table clock) is closest to ``goal_ms`` in ``rounds`` tries,
-    starting from the prediction ``aim``; each try rescales the aim by goal / measured."""
+    starting from the prediction ``aim``; each try re-aims as :func:`next_aim` does."""
     best = None
+    history: list[tuple[float, float]] = []
     for _ in range(max(rounds, 1)):
         built = build(aim)
         if rounds <= 1:
@@ -675,7 +676,8 @@ def _match_measured(
             best = (abs(clock - goal_ms), built)
         if abs(clock - goal_ms) / goal_ms <= tolerance:
             break
-        aim = aim * _damped(goal_ms / clock)
+        history.append((aim, clock))
+        aim = next_aim(history, goal_ms, 0.01 * table.full_ms, table.full_ms)
     return best[1]
 
 
@@ -692,7 +694,7 @@ def latency_prune_bench(
     table: LatencyTable | None = None,
     cache_dir: str | Path | None = None,
     iterations: int = 6,
-    match_rounds: int = 2,
+    match_rounds: int = 4,
     progress: Callable[[range], range] | None = None,
 ) -> LatencyBench:
     """Per target: latency-targeted pruning, uniform-width and global-threshold pruning at the same

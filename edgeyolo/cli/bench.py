@@ -285,7 +285,7 @@ def latency_prune(
     runs: int = typer.Option(30, "--runs", help="Timed runs per model (interleaved)."),
     threads: int = typer.Option(2, "--threads", help="onnxruntime threads."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Folder for the per-layer latency table (JSON)."),
-    match_rounds: int = typer.Option(2, "--match-rounds", help="Measured corrections of each baseline's latency (1: match the prediction only)."),
+    match_rounds: int = typer.Option(4, "--match-rounds", help="Measured corrections of each baseline's latency (1: match the prediction only)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Latency-targeted pruning vs uniform-width and global-threshold pruning at equal latency (onnxruntime)."""
