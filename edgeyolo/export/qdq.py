@@ -323,6 +323,11 @@ def export_qdq(
     spec = model.quant_spec
     if spec.scheme == "dorefa":
         raise ExportError("DoReFa weights lie on an odd grid with no integer zero point; a dorefa model has no QDQ form")
+    if (spec.w_bit, spec.a_bit) != (8, 8):
+        raise UsageError(
+            f"QDQ ONNX for TensorRT is int8; a w{spec.w_bit}/a{spec.a_bit} model has no such form "
+            "(ONNX QuantizeLinear takes int8/uint8 at opset 13); evaluate it with --backend torch"
+        )
     if spec.vitis_sim:
         raise UsageError(
             "a --vitis-sim model rounds half up as the DPU does, which ONNX QuantizeLinear (half to even) cannot express; "

@@ -176,6 +176,10 @@ def test_bad_requests(tiny_weights, tmp_path):
         export_qdq(model, tmp_path / "x.onnx", 64, opset=11)
     with pytest.raises(UsageError, match="multiple of 32"):
         export_qdq(model, tmp_path / "x.onnx", 100)
+    low = prepare_qat(res_model(), QuantSpec("affine", w_bit=4, a_bit=4, edge_bits=8))
+    calibrate(low, synthetic_batches(2, 64, 1))
+    with pytest.raises(UsageError, match="w4/a4 model has no such form"):
+        export_qdq(low, tmp_path / "x.onnx", 64)
     dpu = prepare_qat(res_model(), QuantSpec("pow2", vitis_sim=True))
     calibrate(dpu, synthetic_batches(2, 64, 1))
     with pytest.raises(UsageError, match="export vitis"):
