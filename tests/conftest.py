@@ -32,3 +32,17 @@ def tiny_weights() -> Path:
 @pytest.fixture(scope="session")
 def photos() -> list[Path]:
     return sorted(shared_path("images").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: small convs gain nothing from threads, and on a CPU shared
+    with another job intra-op threads spin-wait for each other (measured: 30 sparse-training steps
+    took 70 s with 2 threads on 2 loaded cores, 4 s with 1). Use it through
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

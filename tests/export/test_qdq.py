@@ -19,12 +19,7 @@ from tests.oracle import letterboxed
 SIZE = 416
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quantized_tiny(tiny_weights, scheme: str, method: str = "minmax"):

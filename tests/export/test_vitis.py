@@ -29,12 +29,7 @@ ZCU104 = DpuArch("zcu104", "0x101000016010407", "ISA1 DPUCZDX8G_ISA1_B4096 (Viti
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -673,16 +673,6 @@ def train_tiny(s: float, steps: int = 30) -> tuple[Darknet, SparsityRegularizer]
     return model, reg
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convs gain nothing from threads, and on a busy CPU intra-op threads spin-wait for
-    each other (measured: 30 steps took 70 s with 2 threads on 2 loaded cores, 4 s with 1)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_sparse_training_drives_prunable_gammas_to_zero_only(one_thread):
     sparse, reg = train_tiny(s=0.1)
     dense, _ = train_tiny(s=0.0)
