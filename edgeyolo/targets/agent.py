@@ -762,6 +762,15 @@ def cmd_bench(args):
     out.close()
 
 
+def _detect(contract, backend, image):
+    """Detections of one image by the shared contract, and the seconds the inference alone took."""
+    blob, box = contract.preprocess(image)
+    t0 = time.perf_counter()
+    pred = backend.infer(blob)
+    seconds = time.perf_counter() - t0
+    return contract.postprocess(pred[0], box), seconds
+
+
 def cmd_predict(args):
     import cv2
 
@@ -777,11 +786,8 @@ def cmd_predict(args):
         if image is None:
             out.write(kind="skip", index=index, reason="not a readable image")
             continue
-        blob, box = contract.preprocess(image)
-        t0 = time.perf_counter()
-        pred = backend.infer(blob)
-        infer_s += time.perf_counter() - t0
-        det = contract.postprocess(pred[0], box)
+        det, seconds = _detect(contract, backend, image)
+        infer_s += seconds
         out.write(kind="det", index=index, det=det.tolist())
     out.write(kind="done", images=len(paths), infer_seconds=infer_s)
     out.close()
@@ -890,11 +896,8 @@ def cmd_app(args):
             ok, frame = cap.read()
             if not ok or frame is None:
                 break
-            blob, box = contract.preprocess(frame)
-            t0 = time.perf_counter()
-            pred = backend.infer(blob)
-            infer_s += time.perf_counter() - t0
-            det = contract.postprocess(pred[0], box)
+            det, seconds = _detect(contract, backend, frame)
+            infer_s += seconds
             if out is not None:
                 out.write(kind="frame", index=frames, det=det.tolist())
             if args.output:
