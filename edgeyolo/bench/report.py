@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from edgeyolo.bench.results import flatten
 from edgeyolo.bench.suite import SUITE_FILE, Preset, Row, table_markdown
 from edgeyolo.errors import InputFileError, UsageError
 
@@ -374,16 +375,6 @@ class DevicePoint:
         return f"{self.stage} ×{self.streams}"
 
 
-def _flatten(node: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 # a phase's metric names (flattened) -> DevicePoint's
 _PHASE_KEYS = {
     "fps": "fps", "power_w": "power_w", "fps_per_w": "fps_per_w", "latency_ms.p50": "p50", "p50_ms": "p50", "latency_p50_ms": "p50",
@@ -397,7 +388,7 @@ def device_points(stage: dict, stage_dir: Path | None = None) -> list[DevicePoin
     the results-database form (``fps``, ``latency_ms.p50``, ``power_w``, ``fps_per_w`` for one stream;
     ``streams.N.*``), and the stage's ``bench.json`` when it is there: the phases with their power.
     """
-    flat = _flatten(stage.get("metrics") or {})
+    flat = flatten(stage.get("metrics") or {})
     by_streams: dict[int, dict[str, float]] = {}
 
     def put(streams: int, key: str, value: Any) -> None:
@@ -422,7 +413,7 @@ def device_points(stage: dict, stage_dir: Path | None = None) -> list[DevicePoin
             phases = []
         for p in phases:
             if isinstance(p, dict) and isinstance(p.get("streams"), int):
-                for key, value in _flatten(p).items():
+                for key, value in flatten(p).items():
                     if key in _PHASE_KEYS:
                         put(p["streams"], _PHASE_KEYS[key], value)
     device = str(flat.get("device") or "")
