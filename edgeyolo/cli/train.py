@@ -37,9 +37,12 @@ def train(
     s: float = typer.Option(0.001, "--s", help="Sparsity rate (per optimizer step)."),
     prune: int = typer.Option(0, "--prune", help="Prunable set: 0 normal/regular, 1 shortcut/slim, 2 layer."),
     sr_schedule: str = typer.Option("constant", "--sr-schedule", help="constant | step | local | dynamic."),
-    sr_target: float = typer.Option(0.5, "--sr-target", help="dynamic schedule: wanted fraction of prunable γ below 1e-2."),
-    sr_penalty: str = typer.Option("l1", "--sr-penalty", help="l1 (Network Slimming) | polar (polarization: splits γ in two groups)."),
+    sr_target: float = typer.Option(0.5, "--sr-target", help="dynamic schedule and gradual penalty: the fraction of prunable γ to bring below 1e-2."),
+    sr_penalty: str = typer.Option(
+        "l1", "--sr-penalty", help="l1 (Network Slimming) | polar (polarization: splits γ in two groups) | gradual (pulls the lowest γ, ramping to --sr-target)."
+    ),
     sr_t: float = typer.Option(1.0, "--sr-t", help="polar: balance t (>1 prunes more, <1 lifts the kept group)."),
+    sr_ramp: float = typer.Option(0.5, "--sr-ramp", help="gradual: fraction of the run by which --sr-target of the γ are pulled."),
     cache: bool = typer.Option(False, "--cache", help="Decode the training images once into a memory-mapped cache."),
     max_val_images: Optional[int] = typer.Option(None, "--max-val-images", help="Validate on the first N images only."),
     t_cfg: Optional[str] = typer.Option(None, "--t-cfg", "--t_cfg", help="Distillation teacher cfg (path or zoo name)."),
@@ -125,6 +128,7 @@ def train(
             sr_target=sr_target,
             sr_penalty=sr_penalty,
             sr_t=sr_t,
+            sr_ramp=sr_ramp,
             cache=cache,
             max_val_images=max_val_images,
             kd_strategy=max(kd_strategy, 0),  # the reference's default -1 means none

@@ -466,15 +466,16 @@ class YoloTrainDataset(Dataset):
         h, w = bgr.shape[:2]
         contract = _contract(size, self.channels)
         new_h, new_w, lb = contract.letterbox_geometry(h, w)
-        # the same conversions, in the same order, as Contract.preprocess
-        if self.channels == 1:
-            image = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        else:
-            image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        # the same pixels as Contract.preprocess: gray before the resize, as there (the weighted sum
+        # rounds); the colour swap after it, which is exact (resize works per channel) and touches
+        # fewer pixels, and folded into the HSV round trip when there is one
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if self.channels == 1 else bgr
         if (new_h, new_w) != (h, w):
             image = cv2.resize(image, (new_w, new_h), interpolation=INTERPOLATIONS[contract.interpolation])
         if d.hsv is not None:
-            image = _hsv(image, d.hsv)
+            image = _hsv(image, d.hsv, bgr=self.channels == 3)
+        elif self.channels == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         if image.ndim == 2:
             image = image[:, :, None]
         tile = image.astype(np.float32) * contract.scale
@@ -547,15 +548,16 @@ def _area(boxes: np.ndarray) -> np.ndarray:
     return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
 
 
-def _hsv(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
-    """HSV jitter of an RGB (or gray: value only) uint8 image through lookup tables."""
+def _hsv(image: np.ndarray, gains: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """HSV jitter of an RGB (``bgr``: BGR in, RGB out; gray: value only) uint8 image through lookup
+    tables."""
     x = np.arange(256, dtype=np.float64)
     lut_val = np.clip(np.rint(x * gains[2]), 0, 255).astype(np.uint8)
     if image.ndim == 2:  # gray: V is the gray level, hue and saturation do not exist
         return cv2.LUT(image, lut_val)
     lut_hue = np.mod(np.rint(x + gains[0]), 180).astype(np.uint8)
     lut_sat = np.clip(np.rint(x * gains[1]), 0, 255).astype(np.uint8)
-    hue, sat, val = cv2.split(cv2.cvtColor(image, cv2.COLOR_RGB2HSV))
+    hue, sat, val = cv2.split(cv2.cvtColor(image, cv2.COLOR_BGR2HSV if bgr else cv2.COLOR_RGB2HSV))
     hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 

@@ -50,10 +50,10 @@ from edgeyolo.model.darknet import ConvBlock, Darknet
 
 logger = logging.getLogger(__name__)
 
-#: factor applied to ``s`` once a schedule decays (TL's strategy 2 and 3, and ``dynamic`` at target)
+#: factor applied to ``s`` once a schedule decays (TL's strategy 2 and 3)
 DECAY_FACTOR = 0.01
 #: sparsity penalties (see :class:`SparsityRegularizer`)
-PENALTIES = ("l1", "polar")
+PENALTIES = ("l1", "polar", "gradual")
 #: |γ| thresholds reported by :func:`gamma_stats`
 STAT_THRESHOLDS = (1e-2, 1e-3)
 STAT_PERCENTILES = (1, 5, 25, 50, 75, 95)
@@ -419,18 +419,21 @@ class SparsityRegularizer:
       at or above the ``local_percentile`` quantile of all prunable |γ| (``sorted[int(N·p)]``, i.e.
       the top ``1 − p``, 30 % by default) get ``0.01 · s`` and the rest keep ``s`` (TL strategy 3:
       ``p`` is the prune ratio you intend, so the channels you will keep stop being pushed);
-    * ``dynamic`` — edgeyolo's variable sparse rate, a feedback controller measured once per epoch
-      by :meth:`update`. With ``frac`` the fraction of prunable |γ| below ``threshold``::
+    * ``dynamic`` — edgeyolo's variable sparse rate, a feedback controller. Before every optimizer
+      step :meth:`apply` measures ``frac``, the fraction of prunable |γ| below ``threshold``::
 
           gap    = (target - frac) / target
-          s_t    = s · DECAY_FACTOR                                  if frac >= target
-          s_t    = s · clip(gain · gap, s_min_factor, s_max_factor)  otherwise
+          s_t    = s · clip(gain · gap, s_min_factor, s_max_factor)   while frac < target
+          hold   once frac >= target
 
       Defaults (threshold 1e-2, target 0.5, gain 2, factors 0.1..2): far from the target (frac = 0)
-      the rate is 2·s, half-way it is s, close to it it tapers to 0.1·s, and once the target is
-      reached it drops to 0.01·s — γ that are already small stay small without more pressure on the
-      rest. If frac later falls under the target again the controller takes over again. s_t depends
-      only on the weights at the epoch start, so runs (and resumes) are deterministic.
+      the rate is 2·s, half-way it is s, close to it it tapers to 0.1·s. In the **hold** phase the
+      γ already below ``threshold`` keep the plain L1 pull ``s · sign(γ)``, which holds them at
+      zero, and every other γ is left to the data alone: the channels to be cut stay cut, none more
+      are pushed, and the rest of the run recovers the accuracy. If ``frac`` falls under the target
+      again the controller takes over again. Measuring every step (a few thousand |γ|, negligible
+      next to the step) stops the rate overshooting between two measurements; ``s_t`` depends only
+      on the current weights, so runs and resumes are deterministic.
 
     :attr:`current_s` is the rate in force (for ``local``, the rate of the not-relieved channels).
 
@@ -446,6 +449,17 @@ class SparsityRegularizer:
       a group going to zero and a group that keeps its scale instead of all shrinking together.
       ``t`` (``polar_t``, default 1) sets the balance. The mean's own dependence on each γ is
       left out of the subgradient (it is ``O(1/N)``).
+    * ``gradual`` — only the smallest |γ| of the set are pulled, ``s · sign(γ)``, and how many is a
+      cubic ramp over the run (the schedule of Zhu & Gupta's gradual magnitude pruning, 2017)::
+
+          k(p) = ceil(N · target · (1 − (1 − min(p / ramp, 1))³))
+
+      with ``p`` the fraction of the run done (``progress``), ``N`` the set's size, ``target`` the
+      wanted fraction and ``ramp`` (default 0.5) the point of the run where it is reached. The
+      other γ get nothing. Few channels are pushed at any time, fastest early while the network
+      has the most time left to adapt, and never more than ``target`` of the set, so the fraction
+      does not overshoot. ``s`` must be large enough for the pulled γ to keep up with the ramp
+      (the run prints the reach).
     """
 
     def __init__(
@@ -466,6 +480,7 @@ class SparsityRegularizer:
         prunable: PrunableSet | None = None,
         penalty: str = "l1",
         polar_t: float = 1.0,
+        ramp: float = 0.5,
     ):
         self.schedule = SparsitySchedule.parse(schedule)
         if penalty not in PENALTIES:
@@ -478,6 +493,9 @@ class SparsityRegularizer:
             raise UsageError(f"--s (sparse rate) must be a finite number >= 0, got {s}")
         if self.schedule in (SparsitySchedule.STEP, SparsitySchedule.LOCAL) and (epochs is None or int(epochs) <= 0):
             raise UsageError(f"the '{self.schedule.value}' sparse-rate schedule needs the number of epochs (> 0), got {epochs}")
+        if penalty == "gradual" and (epochs is None or int(epochs) <= 0):
+            raise UsageError(f"the 'gradual' sparsity penalty needs the number of epochs (> 0), got {epochs}")
+        self.ramp = _check_fraction("the gradual penalty's ramp", ramp)
         if not 0.0 < s_min_factor <= s_max_factor:
             raise UsageError(f"need 0 < s_min_factor <= s_max_factor, got {s_min_factor} and {s_max_factor}")
         if not (math.isfinite(gain) and gain > 0):
@@ -499,6 +517,7 @@ class SparsityRegularizer:
         self._epoch: int | None = None
         self._factor = 1.0
         self._fraction: float | None = None
+        self._holding = False
 
     def describe(self) -> str:
         """One line: the penalised set's size, what was left out and why, and the schedule."""
@@ -511,6 +530,7 @@ class SparsityRegularizer:
             f"({channels} γ); {len(self.prunable.excluded)} convs left out ({left_out}); "
             f"schedule {self.schedule.value}, s {self.s:g} per optimizer step"
             + (f", polarization t {self.polar_t:g}" if self.penalty == "polar" else "")
+            + (f", gradual: the lowest {self.target:.0%} by {self.ramp:.0%} of the run" if self.penalty == "gradual" else "")
         )
 
     # ------------------------------------------------------------------ schedule
@@ -539,23 +559,33 @@ class SparsityRegularizer:
         start = self.decay_epoch
         return start is not None and epoch >= start
 
+    @property
+    def holding(self) -> bool:
+        """``dynamic`` only: the target is reached and only the γ below ``threshold`` are pulled."""
+        return self._holding
+
+    def _measure(self) -> None:
+        gammas = _abs_gammas(self._bns)
+        frac = float((gammas < self.threshold).double().mean()) if gammas.numel() else 0.0
+        self._fraction = frac
+        self._holding = frac >= self.target
+        self._factor = self.dynamic_factor(frac)
+
     def update(self, epoch: int) -> float:
         """Set the rate for ``epoch`` (call at the start of each epoch); returns :attr:`current_s`.
 
-        For ``dynamic`` this measures the γ now; :meth:`apply` calls it itself on the first step of
-        an epoch it has not seen.
+        For ``dynamic`` this measures the γ now and logs them; :meth:`apply` measures again before
+        every step.
         """
         epoch = int(epoch)
         if epoch < 0:
             raise UsageError(f"epoch must be >= 0, got {epoch}")
         if self.schedule is SparsitySchedule.DYNAMIC:
-            gammas = _abs_gammas(self._bns)
-            frac = float((gammas < self.threshold).double().mean()) if gammas.numel() else 0.0
-            self._fraction = frac
-            self._factor = self.dynamic_factor(frac)
+            self._measure()
             logger.info(
-                "sparsity epoch %d: %.1f%% of prunable γ below %g (target %.0f%%) -> s = %.3g",
-                epoch, 100 * frac, self.threshold, 100 * self.target, self.current_s,
+                "sparsity epoch %d: %.1f%% of prunable γ below %g (target %.0f%%) -> %s",
+                epoch, 100 * self._fraction, self.threshold, 100 * self.target,
+                f"holding them there (s = {self.current_s:.3g})" if self._holding else f"s = {self.current_s:.3g}",
             )
         elif self.schedule is SparsitySchedule.STEP:
             self._factor = DECAY_FACTOR if self._decayed(epoch) else 1.0
@@ -565,23 +595,34 @@ class SparsityRegularizer:
         return self.current_s
 
     def dynamic_factor(self, fraction: float) -> float:
-        """``s_t / s`` of the dynamic schedule for a measured fraction of small γ (see the class doc)."""
+        """``s_t / s`` of the dynamic schedule for a measured fraction of small γ (see the class doc);
+        1 in the hold phase, where the rate acts on the γ below the threshold only."""
         if fraction >= self.target:
-            return DECAY_FACTOR
+            return 1.0
         gap = (self.target - fraction) / self.target
         return min(max(self.gain * gap, self.s_min_factor), self.s_max_factor)
+
+    def gradual_count(self, progress: float) -> int:
+        """How many of the smallest |γ| the ``gradual`` penalty pulls at ``progress`` (0..1) of the run."""
+        n = sum(bn.weight.numel() for _, bn in self._bns)
+        x = min(max(float(progress), 0.0) / self.ramp, 1.0)
+        return min(math.ceil(n * self.target * (1.0 - (1.0 - x) ** 3) - 1e-9), n)
 
     # ------------------------------------------------------------------ penalty
 
     @torch.no_grad()
-    def apply(self, epoch: int) -> float:
+    def apply(self, epoch: int, progress: float | None = None) -> float:
         """Add ``s_eff · sign(γ)`` to each prunable γ's gradient; returns the rate used.
 
         Exactly once per optimizer step (see the class doc). Nothing but the prunable γ gradients
-        is touched; a γ without a gradient yet gets the penalty as its gradient.
+        is touched; a γ without a gradient yet gets the penalty as its gradient. ``progress`` is
+        the fraction of the run done after this step (``gradual`` ramps with it; default: the
+        start of ``epoch``).
         """
         if self._epoch != int(epoch):
             self.update(epoch)
+        elif self.schedule is SparsitySchedule.DYNAMIC:
+            self._measure()
         s = self.current_s
         if s == 0.0:
             return s
@@ -592,17 +633,30 @@ class SparsityRegularizer:
             k = min(int(gammas.numel() * self.local_percentile), gammas.numel() - 1)
             relieve = torch.sort(gammas).values[k]
         mean = float(gammas.mean()) if self.penalty == "polar" else 0.0
-        for _, bn in self._bns:
+        pulled: list[Tensor] | None = None
+        if self.penalty == "gradual" and not self._holding:
+            if progress is None:
+                progress = int(epoch) / self.epochs
+            everything = _abs_gammas(self._bns)
+            mask = torch.zeros(everything.numel(), dtype=torch.bool)
+            mask[torch.argsort(everything, stable=True)[: self.gradual_count(progress)]] = True
+            pulled = list(mask.split([bn.weight.numel() for _, bn in self._bns]))
+        for j, (_, bn) in enumerate(self._bns):
             weight = bn.weight
             sign = torch.sign(weight.detach())
             magnitude = weight.detach().abs().float()
-            if self.penalty == "polar":
-                sign = sign * (self.polar_t - torch.sign(magnitude - mean)).to(sign.dtype)
-            if relieve is None:
-                step = sign * s
+            if self._holding:  # plain L1 on the γ already cut, nothing on the rest
+                step = torch.where(magnitude < self.threshold, sign * s, torch.zeros_like(sign))
+            elif pulled is not None:
+                step = torch.where(pulled[j].view_as(sign).to(sign.device), sign * s, torch.zeros_like(sign))
             else:
-                coef = torch.where(magnitude >= relieve.to(weight.device), s * DECAY_FACTOR, s)
-                step = sign * coef.to(sign.dtype)
+                if self.penalty == "polar":
+                    sign = sign * (self.polar_t - torch.sign(magnitude - mean)).to(sign.dtype)
+                if relieve is None:
+                    step = sign * s
+                else:
+                    coef = torch.where(magnitude >= relieve.to(weight.device), s * DECAY_FACTOR, s)
+                    step = sign * coef.to(sign.dtype)
             if weight.grad is None:
                 weight.grad = step
             else:
@@ -620,6 +674,7 @@ class SparsityRegularizer:
             "epoch": self._epoch,
             "factor": self._factor,
             "fraction": self._fraction,
+            "holding": self._holding,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -635,6 +690,7 @@ class SparsityRegularizer:
         self._factor = float(state.get("factor", 1.0))
         fraction = state.get("fraction")
         self._fraction = None if fraction is None else float(fraction)
+        self._holding = bool(state.get("holding", False))
 
 
 # --------------------------------------------------------------------------------------------- stats

@@ -83,6 +83,7 @@ class TrainConfig:
     sr_target: float = 0.5  # dynamic schedule: wanted fraction of prunable |γ| below 1e-2
     sr_penalty: str = "l1"  # or "polar" (polarization: splits γ into a zero and a kept group)
     sr_t: float = 1.0  # polarization balance t
+    sr_ramp: float = 0.5  # gradual penalty: fraction of the run by which sr_target is reached
     cache: bool = False  # decode the training images once into a shared memory-mapped cache
     loss: dict = field(default_factory=dict)
     kd_strategy: int = 0  # knowledge distillation --KDstr 1..6 (0: off); see edgeyolo.train.distill
@@ -300,7 +301,7 @@ class Trainer:
 
             self.sparsity = SparsityRegularizer(
                 self.model, config.prune, config.s, config.sr_schedule, config.epochs,
-                target=config.sr_target, penalty=config.sr_penalty, polar_t=config.sr_t,
+                target=config.sr_target, penalty=config.sr_penalty, polar_t=config.sr_t, ramp=config.sr_ramp,
             )
         self.start_epoch = 0
         self.best_fitness = -1.0
@@ -489,7 +490,7 @@ class Trainer:
                 if self.sparsity:
                     from edgeyolo.train.sparsity import plot_gamma_histogram
 
-                    plot_gamma_histogram(self.model, self.sparsity.layers, self.run_dir / "gamma.png", f"BN |γ| after epoch {epoch}")
+                    plot_gamma_histogram(self.ema.ema if self.ema else self.model, self.sparsity.layers, self.run_dir / "gamma.png", f"BN |γ| after epoch {epoch}")
             if self.on_epoch:
                 self.on_epoch(record)
         self._loader = None  # stops the workers
@@ -570,7 +571,7 @@ class Trainer:
             if (step + 1) % accumulate == 0 or step + 1 == steps:
                 self.scaler.unscale_(self.optimizer)  # the penalty below is in true-gradient units
                 if self.sparsity:
-                    self.sparsity.apply(epoch)
+                    self.sparsity.apply(epoch, (epoch + (step + 1) / steps) / c.epochs)
                 self.scaler.step(self.optimizer)  # skipped (and the scale lowered) on inf/NaN gradients
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -583,7 +584,9 @@ class Trainer:
         if self.sparsity:
             from edgeyolo.train.sparsity import gamma_stats
 
-            sparsity = {"s": float(self.sparsity.current_s), **{k: float(v) for k, v in gamma_stats(self.model, self.sparsity.layers).items() if isinstance(v, (int, float))}}
+            saved = self.ema.ema if self.ema else self.model  # the statistics of the weights that are saved and pruned
+            stats = gamma_stats(saved, self.sparsity.layers)
+            sparsity = {"s": float(self.sparsity.current_s), **{k: float(v) for k, v in stats.items() if isinstance(v, (int, float))}}
         return EpochRecord(
             epoch,
             lr,

@@ -348,3 +348,14 @@ def test_epoch_in_the_key_equals_the_dataset_epoch(synth: DetectionDataset) -> N
     keyed = ds[(2, 128, 3)]
     assert torch.equal(current[0], keyed[0]) and torch.equal(current[1], keyed[1])
     assert not torch.equal(ds[(2, 128, 4)][0], keyed[0])
+
+
+def test_hsv_from_bgr_equals_hsv_after_the_colour_swap() -> None:
+    """The training tile folds BGR→RGB into the HSV round trip; the pixels must not change."""
+    from edgeyolo.train.data import _hsv
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    for gains in (np.array([7.0, 1.3, 0.8]), np.array([-20.0, 0.5, 1.6]), np.array([0.0, 1.0, 1.0])):
+        expected = _hsv(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), gains)
+        np.testing.assert_array_equal(_hsv(image, gains, bgr=True), expected)

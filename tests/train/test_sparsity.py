@@ -7,6 +7,7 @@ compression reference), and the penalty end to end on a tiny model.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import re
 
@@ -576,31 +577,60 @@ def test_dynamic_rate_follows_the_gap_to_the_target(res_cfg):
     far = rate_with_fraction(0.0, 0)
     half = rate_with_fraction(0.25, 1)
     near = rate_with_fraction(0.48, 2)
+    assert not reg.holding
     reached = rate_with_fraction(0.6, 3)
     assert far == pytest.approx(2 * s)  # gain · gap = 2 · 1
     assert half == pytest.approx(s, rel=1e-2)  # gap 0.5
     assert near == pytest.approx(0.1 * s)  # 2 · 0.04 = 0.08, clipped up to s_min_factor
-    assert reached == pytest.approx(s * DECAY_FACTOR)
-    assert far > half > near > reached
+    assert far > half > near
+    assert reached == pytest.approx(s) and reg.holding  # the hold phase: s on the cut γ only
     # falling back under the target resumes the controller
     assert rate_with_fraction(0.1, 4) == pytest.approx(s * 2 * 0.8, rel=1e-2)
     # deterministic: the same γ give the same rate
     assert rate_with_fraction(0.1, 4) == reg.update(5)
 
 
-def test_dynamic_apply_measures_once_per_epoch(res_cfg):
+def test_dynamic_apply_measures_before_every_step(res_cfg):
     model = seeded_model(res_cfg)
     reg = SparsityRegularizer(model, 0, 1e-3, "dynamic")
     n = sum(model.module_list[i].bn.num_features for i in reg.layers)
     set_prunable_gammas(model, reg.layers, np.full(n, 0.5))
-    assert reg.apply(0) == pytest.approx(2e-3)  # first step of epoch 0 measures
-    set_prunable_gammas(model, reg.layers, np.full(n, 1e-4))
-    assert reg.apply(0) == pytest.approx(2e-3)  # same epoch: the rate holds
-    assert reg.apply(1) == pytest.approx(1e-3 * DECAY_FACTOR)  # new epoch: re-measured
+    assert reg.apply(0) == pytest.approx(2e-3) and not reg.holding  # frac 0: twice s
+    set_prunable_gammas(model, reg.layers, np.concatenate([np.full(n // 4, 1e-4), np.full(n - n // 4, 0.5)]))
+    assert reg.apply(0) == pytest.approx(1e-3, rel=2e-2)  # same epoch, re-measured: gap ~0.5
     state = json.loads(json.dumps(reg.state_dict()))
     other = SparsityRegularizer(model, 0, 1e-3, "dynamic")
     other.load_state_dict(state)
-    assert other.current_s == reg.current_s and other.last_fraction == 1.0
+    assert other.current_s == reg.current_s and other.last_fraction == reg.last_fraction
+
+
+def test_dynamic_hold_pulls_only_the_cut_gammas(res_cfg):
+    """Once the target is reached the γ below the threshold get s·sign(γ), every other γ nothing,
+    and falling back under the target hands the set back to the controller."""
+    model = seeded_model(res_cfg)
+    s = 1e-3
+    reg = SparsityRegularizer(model, 1, s, "dynamic", penalty="polar")
+    n = sum(model.module_list[i].bn.num_features for i in reg.layers)
+    rng = np.random.default_rng(0)
+    small = rng.permutation(n) < int(0.6 * n)
+    values = np.where(small, rng.uniform(-5e-3, 5e-3, n), rng.uniform(0.3, 1.2, n) * rng.choice([-1, 1], n))
+    set_prunable_gammas(model, reg.layers, values)
+    model.zero_grad(set_to_none=True)
+    assert reg.apply(0) == s and reg.holding
+    grads = torch.cat([model.module_list[i].bn.weight.grad for i in reg.layers]).numpy()
+    np.testing.assert_allclose(grads[small], s * np.sign(values[small]), rtol=1e-6)
+    assert not grads[~small].any()
+    # back under the target: the polar controller again, on every γ below the set's mean
+    values = np.where(small & (np.arange(n) % 2 == 0), 0.8, values).astype(np.float32)
+    set_prunable_gammas(model, reg.layers, values)
+    model.zero_grad(set_to_none=True)
+    rate = reg.apply(0)
+    assert not reg.holding and rate < s
+    grads = torch.cat([model.module_list[i].bn.weight.grad for i in reg.layers]).numpy()
+    below = np.abs(values) < np.abs(values).mean()
+    assert (~small & below).any()  # some γ above the threshold are pulled again
+    np.testing.assert_allclose(grads[below], 2 * rate * np.sign(values[below]), rtol=1e-5)
+    assert not grads[~below].any()
 
 
 def test_bad_regularizer_arguments(res_cfg):
@@ -752,3 +782,28 @@ def test_polar_penalty_splits_a_tight_band_where_l1_shrinks_it_whole(res_cfg):
 def test_unknown_penalty_is_a_usage_error(res_cfg):
     with pytest.raises(UsageError, match="unknown sparsity penalty"):
         SparsityRegularizer(seeded_model(res_cfg), 1, 0.01, penalty="l2")
+
+
+def test_gradual_penalty_pulls_exactly_the_lowest_gammas_on_a_cubic_ramp(res_cfg):
+    model = seeded_model(res_cfg)
+    s = 1e-3
+    reg = SparsityRegularizer(model, 1, s, "constant", epochs=10, penalty="gradual", target=0.6, ramp=0.5)
+    n = sum(model.module_list[i].bn.num_features for i in reg.layers)
+    assert reg.gradual_count(0.0) == 0
+    assert reg.gradual_count(0.25) == math.ceil(n * 0.6 * (1 - 0.5**3))  # half-way up the ramp: 7/8 of it
+    assert reg.gradual_count(0.5) == reg.gradual_count(1.0) == math.ceil(n * 0.6)
+    values = np.random.default_rng(1).uniform(-1.5, 1.5, n).astype(np.float32)
+    set_prunable_gammas(model, reg.layers, values)
+    for progress in (0.1, 0.3, 0.8):
+        model.zero_grad(set_to_none=True)
+        assert reg.apply(int(progress * 10), progress) == s
+        grads = torch.cat([model.module_list[i].bn.weight.grad for i in reg.layers]).numpy()
+        k = reg.gradual_count(progress)
+        lowest = np.zeros(n, bool)
+        lowest[np.argsort(np.abs(values), kind="stable")[:k]] = True
+        np.testing.assert_array_equal(grads[lowest], s * np.sign(values[lowest]))
+        assert not grads[~lowest].any()
+    with pytest.raises(UsageError, match="needs the number of epochs"):
+        SparsityRegularizer(model, 1, s, "constant", penalty="gradual")
+    with pytest.raises(UsageError, match="ramp"):
+        SparsityRegularizer(model, 1, s, "constant", epochs=10, penalty="gradual", ramp=0.0)
