@@ -21,25 +21,36 @@ class StepBench:
     bare_img_per_s: float  # median over the rounds
     trainer_img_per_s: float  # median over the rounds
     rounds: tuple[tuple[float, float], ...] = ()  # (bare, trainer) img/s of each round, in order
+    loss_img_per_s: float = 0.0  # median: the bare step with the YOLO loss instead of a mean
+    loss_rounds: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float:
         """trainer step time / bare step time (medians)."""
         return self.bare_img_per_s / self.trainer_img_per_s
 
+    @property
+    def loss_share(self) -> float:
+        """The part of :attr:`ratio` above 1 that the YOLO loss alone accounts for (step-time units)."""
+        return self.bare_img_per_s / self.loss_img_per_s - 1.0 if self.loss_img_per_s else float("nan")
+
 
 def bench_train_step(
     cfg: str, img_size: int = 160, batch_size: int = 16, images: int = 256, workers: int = 2, threads: int = 0,
     sparse: bool = False, cache: bool = True, rounds: int = 3,
 ) -> StepBench:
-    """Steady-state trainer throughput against the bare step on one pre-loaded batch, interleaved:
-    each round times one trainer epoch, then as many bare steps, so a busy machine slows both alike;
-    medians over ``rounds``. A first, untimed epoch pays the workers' start-up, which a run pays once."""
+    """Steady-state trainer throughput against the bare step on one pre-loaded real batch,
+    interleaved: each round times one trainer epoch, then as many bare steps (the mean of the head
+    outputs as the loss), then as many with the YOLO loss on the batch's labels, so a busy machine
+    slows all alike; medians over ``rounds``. The third rate splits the overhead into the loss and
+    the rest (data, EMA, sparsity, logging). A first, untimed epoch pays the workers' start-up,
+    which a run pays once."""
     import statistics
 
     from edgeyolo.data.synth import make_synthetic
     from edgeyolo.model.checkpoint import load_model
     from edgeyolo.model.zoo import resolve_cfg
+    from edgeyolo.train.loss import YoloLoss
     from edgeyolo.train.trainer import TrainConfig, Trainer
 
     if threads:
@@ -57,21 +68,33 @@ def bench_train_step(
         trainer.train_epoch(0, trainer.accumulate)
 
         model = load_model(cfg_path).train()
+        criterion = YoloLoss(model)
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        x = torch.rand(batch_size, model.cfg.net.channels, img_size, img_size)
+        x, targets, _ = next(iter(trainer._batches(0)))  # one real batch, pre-loaded
         steps = max(images // batch_size, 2)
-        for _ in range(2):
-            sum(r.float().mean() for r in model(x)).backward()
-        measured = []
-        for epoch in range(1, rounds + 1):
-            trainer_rate = trainer.train_epoch(epoch, trainer.accumulate).images_per_s
+
+        def bare() -> torch.Tensor:
+            return sum(r.float().mean() for r in model(x))
+
+        def with_loss() -> torch.Tensor:
+            return criterion(model(x), targets, img_size, img_size)[0]
+
+        def rate(loss_fn) -> float:
             start = time.perf_counter()
             for _ in range(steps):
-                sum(r.float().mean() for r in model(x)).backward()
+                loss_fn().backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            measured.append((steps * batch_size / (time.perf_counter() - start), trainer_rate))
+            return steps * batch_size / (time.perf_counter() - start)
+
+        for fn in (bare, with_loss):
+            fn().backward()
+        measured, loss_rates = [], []
+        for epoch in range(1, rounds + 1):
+            trainer_rate = trainer.train_epoch(epoch, trainer.accumulate).images_per_s
+            measured.append((rate(bare), trainer_rate))
+            loss_rates.append(rate(with_loss))
         trainer._loader = None  # stop the workers
-    bare = statistics.median(b for b, _ in measured)
+    bare_rate = statistics.median(b for b, _ in measured)
     timed = statistics.median(t for _, t in measured)
-    return StepBench(cfg, img_size, batch_size, bare, timed, tuple(measured))
+    return StepBench(cfg, img_size, batch_size, bare_rate, timed, tuple(measured), statistics.median(loss_rates), tuple(loss_rates))

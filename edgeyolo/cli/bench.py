@@ -111,12 +111,14 @@ def train_step(
     r = bench_train_step(cfg, img_size, batch_size, images, workers, sparse=sparse, cache=cache, rounds=rounds)
     table = _table(
         f"{cfg} @ {img_size}, batch {batch_size}, {images} images, {workers} workers, cache {'on' if cache else 'off'}",
-        ("round", "bare fwd+bwd img/s", "trainer img/s", "trainer / bare step time"),
+        ("round", "bare fwd+bwd img/s", "bare + YOLO loss img/s", "trainer img/s", "trainer / bare step time", "of which the loss"),
     )
-    for k, (bare, timed) in enumerate(r.rounds, 1):
-        table.add_row(str(k), f"{bare:.1f}", f"{timed:.1f}", f"{bare / timed:.2f}x")
-    table.add_row("median", f"{r.bare_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x")
-    Console(width=120).print(table)
+    for k, ((bare, timed), lossy) in enumerate(zip(r.rounds, r.loss_rounds), 1):
+        table.add_row(str(k), f"{bare:.1f}", f"{lossy:.1f}", f"{timed:.1f}", f"{bare / timed:.2f}x", f"{bare / lossy - 1:+.0%}")
+    table.add_row(
+        "median", f"{r.bare_img_per_s:.1f}", f"{r.loss_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x", f"{r.loss_share:+.0%}"
+    )
+    Console(width=140).print(table)
 
 
 @app.command("prune-speed")
