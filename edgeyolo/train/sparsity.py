@@ -627,19 +627,19 @@ class SparsityRegularizer:
         if s == 0.0:
             return s
         local = self.schedule is SparsitySchedule.LOCAL and self._decayed(int(epoch))
-        gammas = _abs_gammas(self._bns) if local or self.penalty == "polar" else None
+        ranked = not self._holding and (local or self.penalty in ("polar", "gradual"))
+        gammas = _abs_gammas(self._bns) if ranked else None  # all prunable |γ|, in layer order
         relieve: Tensor | None = None
         if local:
             k = min(int(gammas.numel() * self.local_percentile), gammas.numel() - 1)
             relieve = torch.sort(gammas).values[k]
-        mean = float(gammas.mean()) if self.penalty == "polar" else 0.0
+        mean = float(gammas.mean()) if ranked and self.penalty == "polar" else 0.0
         pulled: list[Tensor] | None = None
-        if self.penalty == "gradual" and not self._holding:
+        if ranked and self.penalty == "gradual":
             if progress is None:
                 progress = int(epoch) / self.epochs
-            everything = _abs_gammas(self._bns)
-            mask = torch.zeros(everything.numel(), dtype=torch.bool)
-            mask[torch.argsort(everything, stable=True)[: self.gradual_count(progress)]] = True
+            mask = torch.zeros_like(gammas, dtype=torch.bool)
+            mask[torch.argsort(gammas, stable=True)[: self.gradual_count(progress)]] = True
             pulled = list(mask.split([bn.weight.numel() for _, bn in self._bns]))
         for j, (_, bn) in enumerate(self._bns):
             weight = bn.weight
@@ -648,7 +648,7 @@ class SparsityRegularizer:
             if self._holding:  # plain L1 on the γ already cut, nothing on the rest
                 step = torch.where(magnitude < self.threshold, sign * s, torch.zeros_like(sign))
             elif pulled is not None:
-                step = torch.where(pulled[j].view_as(sign).to(sign.device), sign * s, torch.zeros_like(sign))
+                step = torch.where(pulled[j].view_as(sign), sign * s, torch.zeros_like(sign))
             else:
                 if self.penalty == "polar":
                     sign = sign * (self.polar_t - torch.sign(magnitude - mean)).to(sign.dtype)
