@@ -261,7 +261,7 @@ def _finetune(model: Darknet, tune: FineTune, img_size: int, folder: Path) -> tu
     trainer = Trainer(config)
     trainer.validate = lambda: None  # scored once, below, like every other column
     trainer.fit()
-    return (trainer.ema.ema if trainer.ema else trainer.model).eval(), time.perf_counter() - start
+    return trainer.weights_model.eval(), time.perf_counter() - start
 
 
 def prune_accuracy(

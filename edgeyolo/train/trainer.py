@@ -359,12 +359,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    @property
+    def weights_model(self) -> Darknet:
+        """The weights a run validates, saves and hands to pruning: the EMA when there is one."""
+        return self.ema.ema if self.ema else self.model
+
     def save_state(self, epoch: int, fitness: float) -> None:
         """last/best checkpoints + the full training state, each file written atomically."""
         if self.rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        weights_model = self.ema.ema if self.ema else self.model
+        weights_model = self.weights_model
         prov = Provenance(command=f"edgeyolo train (epoch {epoch})")
         names = ["last"]
         if fitness > self.best_fitness:
@@ -490,7 +495,7 @@ class Trainer:
                 if self.sparsity:
                     from edgeyolo.train.sparsity import plot_gamma_histogram
 
-                    plot_gamma_histogram(self.ema.ema if self.ema else self.model, self.sparsity.layers, self.run_dir / "gamma.png", f"BN |γ| after epoch {epoch}")
+                    plot_gamma_histogram(self.weights_model, self.sparsity.layers, self.run_dir / "gamma.png", f"BN |γ| after epoch {epoch}")
             if self.on_epoch:
                 self.on_epoch(record)
         self._loader = None  # stops the workers
@@ -584,8 +589,7 @@ class Trainer:
         if self.sparsity:
             from edgeyolo.train.sparsity import gamma_stats
 
-            saved = self.ema.ema if self.ema else self.model  # the statistics of the weights that are saved and pruned
-            stats = gamma_stats(saved, self.sparsity.layers)
+            stats = gamma_stats(self.weights_model, self.sparsity.layers)  # of the weights saved and pruned
             sparsity = {"s": float(self.sparsity.current_s), **{k: float(v) for k, v in stats.items() if isinstance(v, (int, float))}}
         return EpochRecord(
             epoch,
@@ -610,7 +614,7 @@ class Trainer:
 
         from edgeyolo.train.metrics import evaluate
 
-        model = (self.ema.ema if self.ema else self.model).eval()
+        model = self.weights_model.eval()
         size = self.config.img_size
         contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels), conf_threshold=0.001, iou_threshold=0.6)
         samples = self.val_set.samples[: self.config.max_val_images] if self.config.max_val_images else self.val_set.samples
