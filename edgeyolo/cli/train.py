@@ -167,7 +167,7 @@ def train(
             )
         reach = trainer.penalty_reach()
         if reach is not None:
-            typer.echo(f"sparse training: at s {trainer.config.s:g} the penalty alone can move a γ by at most {reach:.2f} over this run")
+            typer.echo(f"sparse training: at s {trainer.config.s:g} the penalty alone can move a γ by at most {reach:.2g} over this run")
             if reach < 1.0:
                 needed = trainer.config.s * 2.0 / max(reach, 1e-12)
                 # a rate above 1 per step would be absurd: the run is too short (or all in the LR burn-in)

@@ -807,3 +807,28 @@ def test_gradual_penalty_pulls_exactly_the_lowest_gammas_on_a_cubic_ramp(res_cfg
         SparsityRegularizer(model, 1, s, "constant", penalty="gradual")
     with pytest.raises(UsageError, match="ramp"):
         SparsityRegularizer(model, 1, s, "constant", epochs=10, penalty="gradual", ramp=0.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none here")
+@pytest.mark.parametrize(
+    "penalty, schedule, target",
+    [("l1", "constant", 0.5), ("l1", "local", 0.5), ("polar", "dynamic", 0.5), ("polar", "dynamic", 0.02), ("gradual", "constant", 0.6)],
+)
+def test_apply_on_cuda_gives_the_cpu_gradients(res_cfg, penalty, schedule, target):
+    """Every penalty and ranked schedule (local's quantile, the hold, gradual's mask) on a CUDA model."""
+    grads, holding = {}, {}
+    for device in ("cpu", "cuda"):
+        model = seeded_model(res_cfg)
+        with torch.no_grad():
+            for _, block in model.conv_blocks():
+                if block.bn is not None:
+                    block.bn.weight[1:4] *= 5e-3  # below the 1e-2 threshold: what the hold pulls
+        model.to(device)
+        reg = SparsityRegularizer(model, 1, 1e-3, schedule, epochs=10, penalty=penalty, target=target)
+        model.zero_grad(set_to_none=True)
+        reg.apply(7, 0.3)  # past the local decay epoch, part-way up the gradual ramp
+        grads[device] = torch.cat([model.module_list[i].bn.weight.grad.cpu() for i in reg.layers])
+        holding[device] = reg.holding
+    assert grads["cpu"].count_nonzero() > 10
+    assert holding["cuda"] == holding["cpu"] == (schedule == "dynamic" and target < 0.1)
+    torch.testing.assert_close(grads["cuda"], grads["cpu"], rtol=1e-6, atol=0)
