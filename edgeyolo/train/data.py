@@ -437,10 +437,10 @@ class YoloTrainDataset(Dataset):
             image = _warp(canvas, m, size)
             boxes, keep = _transform_boxes(boxes, area0, m, size)
         boxes, classes = boxes[keep], classes[keep]
-        if d.flip:
-            image = image[:, ::-1]
+        if d.flip:  # cv2.flip: the same pixels as image[:, ::-1], copied ~8x faster than numpy
+            image = cv2.flip(image, 1).reshape(image.shape)
             boxes = np.stack([size - boxes[:, 2], boxes[:, 1], size - boxes[:, 0], boxes[:, 3]], axis=1)
-        return np.ascontiguousarray(image), boxes, classes
+        return image, boxes, classes
 
     # ---------------------------------------------------------------- stages
 
@@ -582,13 +582,11 @@ def _transform_boxes(boxes: np.ndarray, area0: np.ndarray, m: np.ndarray, size: 
     """Boxes through the affine by their 4 corners, clipped to the output; and which to keep."""
     if not len(boxes):
         return boxes.reshape(0, 4), np.zeros(0, bool)
-    x1, y1, x2, y2 = boxes.T
-    corners = np.stack([np.stack([x1, y1]), np.stack([x2, y1]), np.stack([x2, y2]), np.stack([x1, y2])])
-    xy = np.einsum("ij,kjn->kin", m[:2, :2], corners) + m[:2, 2][None, :, None]  # [4, 2, N]
-    new = np.stack([xy[:, 0].min(0), xy[:, 1].min(0), xy[:, 0].max(0), xy[:, 1].max(0)], axis=1)
-    new = new.clip(0.0, size)
+    corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 4, 2)  # [N, 4, (x, y)]
+    xy = corners @ m[:2, :2].T + m[:2, 2]
+    new = np.concatenate([xy.min(1), xy.max(1)], axis=1).clip(0.0, size)
     w, h = new[:, 2] - new[:, 0], new[:, 3] - new[:, 1]
-    det = abs(float(np.linalg.det(m[:2, :2])))
+    det = abs(float(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]))
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = (w * h) / (area0 * det)
         aspect = np.maximum(w / h, h / w)
