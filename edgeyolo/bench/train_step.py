@@ -23,6 +23,7 @@ class StepBench:
     rounds: tuple[tuple[float, float], ...] = ()  # (bare, trainer) img/s of each round, in order
     loss_img_per_s: float = 0.0  # median: the bare step with the YOLO loss instead of a mean
     loss_rounds: tuple[float, ...] = ()
+    wait_rounds: tuple[float, ...] = ()  # the trainer's share of time waiting for batches, each round
 
     @property
     def ratio(self) -> float:
@@ -34,6 +35,13 @@ class StepBench:
         """The part of :attr:`ratio` above 1 that the YOLO loss alone accounts for (step-time units)."""
         return self.bare_img_per_s / self.loss_img_per_s - 1.0 if self.loss_img_per_s else float("nan")
 
+    @property
+    def wait_share(self) -> float:
+        """The part of :attr:`ratio` above 1 spent waiting for batches (step-time units, median)."""
+        import statistics
+
+        return statistics.median(w * b / t for w, (b, t) in zip(self.wait_rounds, self.rounds)) if self.wait_rounds else float("nan")
+
 
 def bench_train_step(
     cfg: str, img_size: int = 160, batch_size: int = 16, images: int = 256, workers: int = 2, threads: int = 0,
@@ -43,7 +51,8 @@ def bench_train_step(
     interleaved: each round times one trainer epoch, then as many bare steps (the mean of the head
     outputs as the loss), then as many with the YOLO loss on the batch's labels, so a busy machine
     slows all alike; medians over ``rounds``. The third rate splits the overhead into the loss and
-    the rest (data, EMA, sparsity, logging). A first, untimed epoch pays the workers' start-up,
+    the rest (data, EMA, sparsity, logging); the trainer's own clock says how much of it was spent
+    waiting for batches. A first, untimed epoch pays the workers' start-up,
     which a run pays once."""
     import statistics
 
@@ -89,12 +98,15 @@ def bench_train_step(
 
         for fn in (bare, with_loss):
             fn().backward()
-        measured, loss_rates = [], []
+        measured, loss_rates, waits = [], [], []
         for epoch in range(1, rounds + 1):
-            trainer_rate = trainer.train_epoch(epoch, trainer.accumulate).images_per_s
-            measured.append((rate(bare), trainer_rate))
+            record = trainer.train_epoch(epoch, trainer.accumulate)
+            measured.append((rate(bare), record.images_per_s))
             loss_rates.append(rate(with_loss))
+            waits.append(record.data_wait)
         trainer._loader = None  # stop the workers
     bare_rate = statistics.median(b for b, _ in measured)
     timed = statistics.median(t for _, t in measured)
-    return StepBench(cfg, img_size, batch_size, bare_rate, timed, tuple(measured), statistics.median(loss_rates), tuple(loss_rates))
+    return StepBench(
+        cfg, img_size, batch_size, bare_rate, timed, tuple(measured), statistics.median(loss_rates), tuple(loss_rates), tuple(waits)
+    )

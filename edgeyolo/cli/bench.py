@@ -111,12 +111,16 @@ def train_step(
     r = bench_train_step(cfg, img_size, batch_size, images, workers, sparse=sparse, cache=cache, rounds=rounds)
     table = _table(
         f"{cfg} @ {img_size}, batch {batch_size}, {images} images, {workers} workers, cache {'on' if cache else 'off'}",
-        ("round", "bare fwd+bwd img/s", "bare + YOLO loss img/s", "trainer img/s", "trainer / bare step time", "of which the loss"),
+        ("round", "bare fwd+bwd img/s", "bare + YOLO loss img/s", "trainer img/s", "trainer / bare step time", "of which the loss",
+         "of which data wait"),
     )
-    for k, ((bare, timed), lossy) in enumerate(zip(r.rounds, r.loss_rounds), 1):
-        table.add_row(str(k), f"{bare:.1f}", f"{lossy:.1f}", f"{timed:.1f}", f"{bare / timed:.2f}x", f"{bare / lossy - 1:+.0%}")
+    for k, ((bare, timed), lossy, wait) in enumerate(zip(r.rounds, r.loss_rounds, r.wait_rounds), 1):
+        table.add_row(
+            str(k), f"{bare:.1f}", f"{lossy:.1f}", f"{timed:.1f}", f"{bare / timed:.2f}x", f"{bare / lossy - 1:+.0%}", f"+{wait * bare / timed:.0%}"
+        )
     table.add_row(
-        "median", f"{r.bare_img_per_s:.1f}", f"{r.loss_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x", f"{r.loss_share:+.0%}"
+        "median", f"{r.bare_img_per_s:.1f}", f"{r.loss_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x", f"{r.loss_share:+.0%}",
+        f"+{r.wait_share:.0%}",
     )
     Console(width=140).print(table)
 

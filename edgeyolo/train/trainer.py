@@ -197,12 +197,13 @@ class EpochRecord:
     images_per_s: float
     sparsity: dict = field(default_factory=dict)
     kd: dict = field(default_factory=dict)  # distillation parts per image, like box/obj/cls
+    data_wait: float = 0.0  # share of the training loop's time spent waiting for the next batch
 
     def line(self) -> str:
         text = (
             f"epoch {self.epoch:3d}  lr {self.lr:.5f}  box {self.loss_box:.4f} obj {self.loss_obj:.4f} cls {self.loss_cls:.4f}  "
             f"mAP@.5 {self.map50:.4f} mAP@.5:.95 {self.map50_95:.4f}  P {self.precision:.3f} R {self.recall:.3f}  "
-            f"{self.seconds:.0f}s ({self.images_per_s:.1f} img/s)"
+            f"{self.seconds:.0f}s ({self.images_per_s:.1f} img/s, data wait {self.data_wait:.0%})"
         )
         if self.sparsity:
             text += f"  s {self.sparsity.get('s', 0):.2e} γ<1e-2 {self.sparsity.get('frac_lt_1e-2', 0):.1%}"
@@ -539,7 +540,10 @@ class Trainer:
         seen = 0
         batches = self.progress(loader, f"epoch {epoch}", steps) if self.progress else loader
         lr = c.lr0
+        waited = 0.0
+        ready = time.perf_counter()
         for step, (images, targets, _) in enumerate(batches):
+            waited += time.perf_counter() - ready
             factor, momentum = lr_factor(c, epoch, step, steps)
             lr = c.lr0 * factor
             for group in self.optimizer.param_groups:
@@ -582,6 +586,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema:
                     self.ema.update(self.model)
+            ready = time.perf_counter()
         train_s = time.perf_counter() - start
         metrics = self.validate() if self.rank == 0 else None
         mean = (totals / max(steps, 1)).tolist()
@@ -605,6 +610,7 @@ class Trainer:
             seen * self.world / max(train_s, 1e-9),
             sparsity,
             {k: v / max(steps, 1) for k, v in kd_totals.items()},
+            waited / max(train_s, 1e-9),
         )
 
     @torch.no_grad()
@@ -636,14 +642,14 @@ class Trainer:
         if not self.history:
             return
         buffer = io.StringIO()
-        keys = [k for k in self.history[0] if k not in ("sparsity", "kd")]
+        keys = list(dict.fromkeys(k for h in self.history for k in h if k not in ("sparsity", "kd")))  # a resumed older run lacks newer columns
         sparse_keys = sorted({k for h in self.history for k in h.get("sparsity", {})})
         kd_keys = list(dict.fromkeys(k for h in self.history for k in h.get("kd", {})))
         writer = csv.writer(buffer)
         writer.writerow(keys + [f"sparsity.{k}" for k in sparse_keys] + [f"kd.{k}" for k in kd_keys])
         for h in self.history:
             writer.writerow(
-                [h[k] for k in keys] + [h.get("sparsity", {}).get(k, "") for k in sparse_keys] + [h.get("kd", {}).get(k, "") for k in kd_keys]
+                [h.get(k, "") for k in keys] + [h.get("sparsity", {}).get(k, "") for k in sparse_keys] + [h.get("kd", {}).get(k, "") for k in kd_keys]
             )
         atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
         self._plot_curves()

@@ -18,11 +18,13 @@ def test_rounds_interleave_and_the_ratio_is_of_medians():
     assert len(r.loss_rounds) == 3 and all(v > 0 for v in r.loss_rounds)
     assert r.loss_img_per_s == sorted(r.loss_rounds)[1]
     assert r.loss_share == pytest.approx(r.bare_img_per_s / r.loss_img_per_s - 1.0)
+    assert len(r.wait_rounds) == 3 and all(0.0 < w < 1.0 for w in r.wait_rounds)
+    assert 0.0 < r.wait_share < r.ratio
 
 
 def test_cli_prints_each_round_and_the_median(capsys):
     argv = ["bench", "train-step", "--img-size", "64", "--batch-size", "4", "--images", "8", "--workers", "0", "--rounds", "2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "median" in out and out.count("x") >= 3 and "of which the loss" in out
+    assert "median" in out and out.count("x") >= 3 and "of which the loss" in out and "of which data wait" in out
     assert main([*argv[:-1], "0"]) == 2

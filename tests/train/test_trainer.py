@@ -266,3 +266,27 @@ def test_local_schedule_with_polar_warns_that_it_does_little(synth, tmp_path, ca
     assert "--sr-schedule local does little or nothing with --sr-penalty polar" in capsys.readouterr().err
     assert main(args + ["--sr-schedule", "local", "--sr-t", "1.5", "--name", "t15"]) == 0
     assert "does little or nothing" not in capsys.readouterr().err
+
+
+def test_epoch_record_measures_the_wait_for_batches(synth, tmp_path):
+    """``data_wait`` is the share of the training loop spent waiting for the next batch: a loader
+    that takes 0.2 s more per batch shows up there, and in the epoch's log line."""
+    config = TrainConfig(
+        data=str(synth), cfg=str(cfg_path("edgeyolo-mobile")), img_size=128, batch_size=8, epochs=2, workers=0,
+        out=str(tmp_path), name="wait", threads=1,
+    )
+
+    def slow(batches, desc, steps):
+        for batch in batches:
+            time.sleep(0.2)
+            yield batch
+
+    trainer = Trainer(config)
+    trainer.validate = lambda: None
+    fast = trainer.train_epoch(0, trainer.accumulate)
+    trainer.progress = slow
+    delayed = trainer.train_epoch(1, trainer.accumulate)
+    steps = 3  # 24 images, batch 8
+    assert delayed.data_wait * delayed.seconds >= 0.2 * steps
+    assert fast.data_wait < delayed.data_wait
+    assert f"data wait {delayed.data_wait:.0%}" in delayed.line()
