@@ -580,7 +580,7 @@ class Trainer:
             if (step + 1) % accumulate == 0 or step + 1 == steps:
                 self.scaler.unscale_(self.optimizer)  # the penalty below is in true-gradient units
                 if self.sparsity:
-                    self.sparsity.apply(epoch, (epoch + (step + 1) / steps) / c.epochs)
+                    self.sparsity.apply(epoch, (epoch + (step + 1) / steps) / c.epochs, self.optimizer)
                 self.scaler.step(self.optimizer)  # skipped (and the scale lowered) on inf/NaN gradients
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)

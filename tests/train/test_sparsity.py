@@ -633,6 +633,48 @@ def test_dynamic_hold_pulls_only_the_cut_gammas(res_cfg):
     assert not grads[~below].any()
 
 
+
+def test_entering_the_hold_clears_the_momentum_of_the_released_gammas_once(res_cfg):
+    model = seeded_model(res_cfg)
+    reg = SparsityRegularizer(model, 0, 1e-3, "dynamic", target=0.5)
+    n = sum(model.module_list[i].bn.num_features for i in reg.layers)
+    rng = np.random.default_rng(2)
+    small = rng.permutation(n) < int(0.3 * n)  # under the target: the controller pulls
+    values = np.where(small, rng.uniform(-5e-3, 5e-3, n), rng.uniform(0.3, 1.2, n))
+    set_prunable_gammas(model, reg.layers, values)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    fill_grads(model)  # every parameter gets a momentum buffer
+    reg.apply(0, optimizer=optimizer)
+    optimizer.step()
+    gammas = [model.module_list[i].bn.weight for i in reg.layers]
+    velocity = torch.cat([optimizer.state[g]["momentum_buffer"] for g in gammas])
+    assert not reg.holding and velocity.count_nonzero() > n // 2
+    other = model.module_list[0].conv.weight
+    before_other = optimizer.state[other]["momentum_buffer"].clone()
+
+    values = np.where(small | (np.arange(n) % 3 == 0), 4e-3, values)  # now 50 %+: the hold starts
+    set_prunable_gammas(model, reg.layers, values)
+    model.zero_grad(set_to_none=True)
+    reg.apply(0, optimizer=optimizer)
+    assert reg.holding
+    after = torch.cat([optimizer.state[g]["momentum_buffer"] for g in gammas])
+    released = torch.as_tensor(np.abs(values) >= reg.threshold)
+    assert not after[released].any()
+    assert torch.equal(after[~released], velocity[~released])  # the cut γ keep theirs
+    assert torch.equal(optimizer.state[other]["momentum_buffer"], before_other)
+
+    fill_grads(model, seed=3)
+    optimizer.step()  # momentum builds again; a hold already under way does not clear it
+    rebuilt = torch.cat([optimizer.state[g]["momentum_buffer"] for g in gammas]).clone()
+    assert rebuilt[released].count_nonzero() > 10
+    set_prunable_gammas(model, reg.layers, values)  # still at the target
+    model.zero_grad(set_to_none=True)
+    reg.apply(0, optimizer=optimizer)
+    assert reg.holding
+    assert torch.equal(torch.cat([optimizer.state[g]["momentum_buffer"] for g in gammas]), rebuilt)
+    state = json.loads(json.dumps(reg.state_dict()))
+    assert state["released"] is True
+
 def test_bad_regularizer_arguments(res_cfg):
     model = seeded_model(res_cfg)
     with pytest.raises(UsageError, match="unknown sparse-rate schedule"):
