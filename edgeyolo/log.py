@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import contextmanager
-from typing import Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -13,14 +13,14 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a rich progress bar on a TTY, silently otherwise."""
-    if not sys.stderr.isatty():
+def track(items: Iterable[T], description: str, total: int | None = None, console: Any = None) -> Iterator[T]:
+    """Iterate with a rich progress bar on a TTY (or on ``console``, a rich Console), silently otherwise."""
+    if console is None and not sys.stderr.isatty():
         yield from items
         return
     from rich.progress import Progress
 
-    with Progress(transient=True) as progress:
+    with Progress(console=console, transient=True) as progress:
         task = progress.add_task(description, total=total)
         for item in items:
             yield item

@@ -5,6 +5,8 @@ the aim is that all of that costs at most 10 % over the bare step.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -50,13 +52,16 @@ def bench_train_step(
     """Steady-state trainer throughput against the bare step on one pre-loaded real batch,
     interleaved: each round times one trainer epoch, then as many bare steps (the mean of the head
     outputs as the loss), then as many with the YOLO loss on the batch's labels, so a busy machine
-    slows all alike; medians over ``rounds``. The third rate splits the overhead into the loss and
+    slows all alike; medians over ``rounds``. The trainer draws the CLI's progress bar (into
+    /dev/null), as a run on a terminal does. The third rate splits the overhead into the loss and
     the rest (data, EMA, sparsity, logging); the trainer's own clock says how much of it was spent
-    waiting for batches. A first, untimed epoch pays the workers' start-up,
-    which a run pays once."""
+    waiting for batches. A first, untimed epoch pays the workers' start-up, which a run pays once."""
     import statistics
 
+    from rich.console import Console
+
     from edgeyolo.data.synth import make_synthetic
+    from edgeyolo.log import track
     from edgeyolo.model.checkpoint import load_model
     from edgeyolo.model.zoo import resolve_cfg
     from edgeyolo.train.loss import YoloLoss
@@ -65,14 +70,17 @@ def bench_train_step(
     if threads:
         torch.set_num_threads(threads)
     cfg_path = str(resolve_cfg(cfg))
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
         classes = load_model(cfg_path).num_classes
         data = make_synthetic(Path(tmp) / "synth", classes=classes, train=images, val=4, img_size=img_size, seed=0).data_yaml
         config = TrainConfig(
             data=str(data), cfg=cfg_path, img_size=img_size, batch_size=batch_size, epochs=rounds + 1, workers=workers,
             out=tmp, name="run", sparse=sparse, cache=cache,
         )
-        trainer = Trainer(config)
+        sink = stack.enter_context(open(os.devnull, "w"))
+        console = Console(file=sink, force_terminal=True)  # the CLI's progress bar, drawn into the void
+        trainer = Trainer(config, progress=lambda items, description, total: track(items, description, total, console))
         trainer.validate = lambda: None  # time the training loop only
         trainer.train_epoch(0, trainer.accumulate)
 
