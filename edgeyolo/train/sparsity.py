@@ -426,13 +426,17 @@ class SparsityRegularizer:
           s_t    = s · clip(gain · gap, s_min_factor, s_max_factor)   while frac < target
           hold   once frac >= target
 
-      Defaults (threshold 1e-2, target 0.5, gain 2, factors 0.1..2): far from the target (frac = 0)
-      the rate is 2·s, half-way it is s, close to it it tapers to 0.1·s. In the **hold** phase the
+      Defaults (threshold 1e-2, target 0.5, gain 2, factors 1..2): far from the target (frac = 0)
+      the rate is 2·s, from half-way on it is s. It does not taper below s near the target: a rate
+      tapering to 0.1·s stalled short of it (measured, 30 epochs, s 0.015, target 55 %: from epoch 6
+      on the fraction crept from 44.5 % to 48.9 % at 0.22–0.38·s, the data gradient holding the last
+      γ up), and the overshoot a taper would prevent is stopped by the hold and the momentum
+      release below. In the **hold** phase the
       γ already below ``threshold`` keep the plain L1 pull ``s · sign(γ)``, which holds them at
       zero, and every other γ is left to the data alone: the channels to be cut stay cut, none more
       are pushed, and the rest of the run recovers the accuracy. Given the optimizer, :meth:`apply`
-      also clears the momentum of the released γ when a hold starts (:meth:`release_momentum`). If ``frac`` falls under the target
-      again the controller takes over again. Measuring every step (a few thousand |γ|, negligible
+      also clears the momentum of the released γ when a hold starts (:meth:`release_momentum`).
+      If ``frac`` falls under the target again the controller takes over again. Measuring every step (a few thousand |γ|, negligible
       next to the step) stops the rate overshooting between two measurements; ``s_t`` depends only
       on the current weights, so runs and resumes are deterministic.
 
@@ -476,7 +480,7 @@ class SparsityRegularizer:
         threshold: float = 1e-2,
         target: float = 0.5,
         gain: float = 2.0,
-        s_min_factor: float = 0.1,
+        s_min_factor: float = 1.0,
         s_max_factor: float = 2.0,
         prunable: PrunableSet | None = None,
         penalty: str = "l1",

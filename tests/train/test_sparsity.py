@@ -563,7 +563,7 @@ def test_local_schedule_relieves_the_top_channels_after_the_decay_epoch(res_cfg)
 def test_dynamic_rate_follows_the_gap_to_the_target(res_cfg):
     model = seeded_model(res_cfg)
     s = 1e-3
-    reg = SparsityRegularizer(model, 0, s, "dynamic")  # threshold 1e-2, target 0.5, gain 2, 0.1..2
+    reg = SparsityRegularizer(model, 0, s, "dynamic", s_min_factor=0.1)  # threshold 1e-2, target 0.5, gain 2
     n = sum(model.module_list[i].bn.num_features for i in reg.layers)
 
     def rate_with_fraction(frac: float, epoch: int) -> float:
@@ -588,6 +588,9 @@ def test_dynamic_rate_follows_the_gap_to_the_target(res_cfg):
     assert rate_with_fraction(0.1, 4) == pytest.approx(s * 2 * 0.8, rel=1e-2)
     # deterministic: the same γ give the same rate
     assert rate_with_fraction(0.1, 4) == reg.update(5)
+    # the default floor is s itself: no taper short of the target
+    reg = SparsityRegularizer(model, 0, s, "dynamic")
+    assert rate_with_fraction(0.48, 6) == pytest.approx(s) and rate_with_fraction(0.1, 7) == pytest.approx(1.6 * s, rel=1e-2)
 
 
 def test_dynamic_apply_measures_before_every_step(res_cfg):
@@ -625,7 +628,7 @@ def test_dynamic_hold_pulls_only_the_cut_gammas(res_cfg):
     set_prunable_gammas(model, reg.layers, values)
     model.zero_grad(set_to_none=True)
     rate = reg.apply(0)
-    assert not reg.holding and rate < s
+    assert not reg.holding and rate == pytest.approx(s)  # 2 · gap 0.4 = 0.8, floored at s
     grads = torch.cat([model.module_list[i].bn.weight.grad for i in reg.layers]).numpy()
     below = np.abs(values) < np.abs(values).mean()
     assert (~small & below).any()  # some γ above the threshold are pulled again
