@@ -431,14 +431,14 @@ class SparsityRegularizer:
       tapering to 0.1·s stalled short of it (measured, 30 epochs, s 0.015, target 55 %: from epoch 6
       on the fraction crept from 44.5 % to 48.9 % at 0.22–0.38·s, the data gradient holding the last
       γ up), and the overshoot a taper would prevent is stopped by the hold and the momentum
-      release below. In the **hold** phase the
-      γ already below ``threshold`` keep the plain L1 pull ``s · sign(γ)``, which holds them at
-      zero, and every other γ is left to the data alone: the channels to be cut stay cut, none more
-      are pushed, and the rest of the run recovers the accuracy. Given the optimizer, :meth:`apply`
-      also clears the momentum of the released γ when a hold starts (:meth:`release_momentum`).
-      If ``frac`` falls under the target again the controller takes over again. Measuring every step (a few thousand |γ|, negligible
-      next to the step) stops the rate overshooting between two measurements; ``s_t`` depends only
-      on the current weights, so runs and resumes are deterministic.
+      release below. In the **hold** phase the γ already below ``threshold`` keep the plain L1
+      pull ``s · sign(γ)``, which holds them at zero, and every other γ is left to the data alone:
+      the channels to be cut stay cut, none more are pushed, and the rest of the run recovers the
+      accuracy. Given the optimizer, :meth:`apply` also clears the momentum of the released γ when
+      a hold starts (:meth:`release_momentum`). If ``frac`` falls under the target again the
+      controller takes over again. Measuring every step (a few thousand |γ|, negligible next to
+      the step) stops the rate overshooting between two measurements; ``s_t`` depends only on the
+      current weights, so runs and resumes are deterministic.
 
     :attr:`current_s` is the rate in force (for ``local``, the rate of the not-relieved channels).
 
