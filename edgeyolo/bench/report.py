@@ -22,7 +22,7 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -606,13 +606,14 @@ def _epoch_line(row: dict) -> str:
     """The line the trainer printed for this epoch, rebuilt from its CSV row."""
     from edgeyolo.train.trainer import EpochRecord
 
-    names = [f.name for f in fields(EpochRecord) if f.name not in ("sparsity", "kd")]
+    columns = [f for f in fields(EpochRecord) if f.name not in ("sparsity", "kd")]
     extra = {
         prefix: {k[len(prefix) + 1:]: v for k, v in row.items() if k.startswith(prefix + ".") and v is not None}
         for prefix in ("sparsity", "kd")
     }
     try:
-        values = {n: row[n] for n in names}
+        # a column added later (data_wait) has a default, so older runs still print their lines
+        values = {f.name: row[f.name] for f in columns if f.name in row or f.default is MISSING}
         values["epoch"] = int(values["epoch"])
         return EpochRecord(**values, **extra).line()
     except (KeyError, TypeError, ValueError):  # a CSV from another version: its numbers as they are

@@ -197,13 +197,14 @@ class EpochRecord:
     images_per_s: float
     sparsity: dict = field(default_factory=dict)
     kd: dict = field(default_factory=dict)  # distillation parts per image, like box/obj/cls
-    data_wait: float = 0.0  # share of the training loop's time spent waiting for the next batch
+    data_wait: float | None = None  # share of the training loop's time spent waiting for the next batch
 
     def line(self) -> str:
         text = (
             f"epoch {self.epoch:3d}  lr {self.lr:.5f}  box {self.loss_box:.4f} obj {self.loss_obj:.4f} cls {self.loss_cls:.4f}  "
             f"mAP@.5 {self.map50:.4f} mAP@.5:.95 {self.map50_95:.4f}  P {self.precision:.3f} R {self.recall:.3f}  "
-            f"{self.seconds:.0f}s ({self.images_per_s:.1f} img/s, data wait {self.data_wait:.0%})"
+            f"{self.seconds:.0f}s ({self.images_per_s:.1f} img/s"
+            + (f", data wait {self.data_wait:.0%})" if self.data_wait is not None else ")")
         )
         if self.sparsity:
             text += f"  s {self.sparsity.get('s', 0):.2e} γ<1e-2 {self.sparsity.get('frac_lt_1e-2', 0):.1%}"

@@ -199,7 +199,7 @@ def test_device_points_read_the_results_database_form() -> None:
 
 # -------------------------------------------------------------------------------------------- train
 
-_EPOCH_KEYS = ["epoch", "lr", "loss_box", "loss_obj", "loss_cls", "map50", "map50_95", "precision", "recall", "seconds", "images_per_s"]
+_EPOCH_KEYS = ["epoch", "lr", "loss_box", "loss_obj", "loss_cls", "map50", "map50_95", "precision", "recall", "seconds", "images_per_s", "data_wait"]
 _SPARSE_KEYS = ["count", "frac_lt_1e-2", "frac_lt_1e-3", "max", "mean", "p1", "p25", "p5", "p50", "p75", "p95", "s"]
 
 
@@ -212,7 +212,7 @@ def _train_run(folder: Path, sparse: bool) -> Path:
         writer = csv.writer(fh)
         writer.writerow(_EPOCH_KEYS + ([f"sparsity.{k}" for k in _SPARSE_KEYS] if sparse else []))
         for epoch, (map50, frac) in enumerate(((0.10, 0.0), (0.30, 0.2), (0.25, 0.6))):
-            row = [epoch, 0.01, 0.1 - epoch * 0.01, 3.0 - epoch, 0.2, map50, map50 / 3, 0.5, 0.4, 12.0, 40.0]
+            row = [epoch, 0.01, 0.1 - epoch * 0.01, 3.0 - epoch, 0.2, map50, map50 / 3, 0.5, 0.4, 12.0, 40.0, 0.05]
             if sparse:
                 row += [1664, frac, frac / 2, 1.2, 0.5, 0.0, 0.3, 0.1, 0.5, 0.8, 1.1, 0.01 * (1 - epoch / 3)]
             writer.writerow(row)
@@ -228,7 +228,16 @@ def test_train_report(tmp_path: Path) -> None:
     markdown = (out / "report.md").read_text()
     assert linked_images(markdown) == {"curves.png", "sparsity.png"}
     assert "epoch   2  lr 0.01000" in markdown and "γ<1e-2 60.0%" in markdown  # the trainer's own epoch line
+    assert "data wait 5%" in markdown
     assert "best mAP@0.5: 0.3000 at epoch 1" in markdown
+
+
+def test_epoch_lines_of_a_run_from_before_the_data_wait_column() -> None:
+    from edgeyolo.bench.report import _epoch_line
+
+    row = dict(zip(_EPOCH_KEYS[:-1], [2, 0.01, 0.08, 1.0, 0.2, 0.25, 0.08, 0.5, 0.4, 12.0, 40.0]))
+    line = _epoch_line(row)
+    assert line.startswith("epoch   2  lr 0.01000") and "(40.0 img/s)" in line and "data wait" not in line
 
 
 def test_train_report_without_sparsity_columns(tmp_path: Path) -> None:
