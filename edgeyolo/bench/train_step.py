@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,12 +38,18 @@ class StepBench:
         """The part of :attr:`ratio` above 1 that the YOLO loss alone accounts for (step-time units)."""
         return self.bare_img_per_s / self.loss_img_per_s - 1.0 if self.loss_img_per_s else float("nan")
 
+    def round_parts(self) -> list[tuple[float, float, float]]:
+        """Per round: (trainer / bare step time, the loss's part of it, the wait for batches' part),
+        the parts in bare-step-time units like :attr:`loss_share`."""
+        return [
+            (b / t, b / lossy - 1.0, wait * b / t)
+            for (b, t), lossy, wait in zip(self.rounds, self.loss_rounds, self.wait_rounds)
+        ]
+
     @property
     def wait_share(self) -> float:
         """The part of :attr:`ratio` above 1 spent waiting for batches (step-time units, median)."""
-        import statistics
-
-        return statistics.median(w * b / t for w, (b, t) in zip(self.wait_rounds, self.rounds)) if self.wait_rounds else float("nan")
+        return statistics.median(wait for _, _, wait in self.round_parts()) if self.wait_rounds else float("nan")
 
 
 def bench_train_step(
@@ -56,8 +63,6 @@ def bench_train_step(
     /dev/null), as a run on a terminal does. The third rate splits the overhead into the loss and
     the rest (data, EMA, sparsity, logging); the trainer's own clock says how much of it was spent
     waiting for batches. A first, untimed epoch pays the workers' start-up, which a run pays once."""
-    import statistics
-
     from rich.console import Console
 
     from edgeyolo.data.synth import make_synthetic

@@ -114,10 +114,8 @@ def train_step(
         ("round", "bare fwd+bwd img/s", "bare + YOLO loss img/s", "trainer img/s", "trainer / bare step time", "of which the loss",
          "of which data wait"),
     )
-    for k, ((bare, timed), lossy, wait) in enumerate(zip(r.rounds, r.loss_rounds, r.wait_rounds), 1):
-        table.add_row(
-            str(k), f"{bare:.1f}", f"{lossy:.1f}", f"{timed:.1f}", f"{bare / timed:.2f}x", f"{bare / lossy - 1:+.0%}", f"+{wait * bare / timed:.0%}"
-        )
+    for k, ((bare, timed), lossy, (ratio, loss, wait)) in enumerate(zip(r.rounds, r.loss_rounds, r.round_parts()), 1):
+        table.add_row(str(k), f"{bare:.1f}", f"{lossy:.1f}", f"{timed:.1f}", f"{ratio:.2f}x", f"{loss:+.0%}", f"+{wait:.0%}")
     table.add_row(
         "median", f"{r.bare_img_per_s:.1f}", f"{r.loss_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x", f"{r.loss_share:+.0%}",
         f"+{r.wait_share:.0%}",

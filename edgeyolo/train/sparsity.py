@@ -688,12 +688,13 @@ class SparsityRegularizer:
         cleared = 0
         for _, bn in self._bns:
             state = optimizer.state.get(bn.weight, {})
-            for key in ("momentum_buffer", "exp_avg"):
-                buf = state.get(key)
-                if isinstance(buf, Tensor) and buf.shape == bn.weight.shape:
-                    released = bn.weight.detach().abs() >= self.threshold
+            buffers = [state.get(key) for key in ("momentum_buffer", "exp_avg")]
+            buffers = [buf for buf in buffers if isinstance(buf, Tensor) and buf.shape == bn.weight.shape]
+            if buffers:
+                released = bn.weight.detach().abs() >= self.threshold
+                for buf in buffers:
                     buf[released] = 0
-                    cleared += int(released.sum())
+                cleared += int(released.sum())
         if cleared:
             logger.info("sparsity: target reached; cleared the momentum of the %d γ released", cleared)
         return cleared
