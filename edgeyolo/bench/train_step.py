@@ -30,12 +30,20 @@ class StepBench:
 
     @property
     def ratio(self) -> float:
-        """trainer step time / bare step time (medians)."""
+        """trainer step time / bare step time: the median of the rounds' own ratios. A round's trainer
+        epoch and bare steps run back to back, so a slow spell of the machine that spans both
+        cancels in its ratio, where it would not in a ratio of two medians taken from different
+        rounds. Without rounds, the ratio of the medians."""
+        if self.rounds:
+            return statistics.median(b / t for b, t in self.rounds)
         return self.bare_img_per_s / self.trainer_img_per_s
 
     @property
     def loss_share(self) -> float:
-        """The part of :attr:`ratio` above 1 that the YOLO loss alone accounts for (step-time units)."""
+        """The part of :attr:`ratio` above 1 that the YOLO loss alone accounts for (step-time units;
+        the median of the rounds' own shares, as for :attr:`ratio`)."""
+        if self.rounds and self.loss_rounds:
+            return statistics.median(loss for _, loss, _ in self.round_parts())
         return self.bare_img_per_s / self.loss_img_per_s - 1.0 if self.loss_img_per_s else float("nan")
 
     def round_parts(self) -> list[tuple[float, float, float]]:
