@@ -42,8 +42,9 @@ class StepBench:
     def loss_share(self) -> float:
         """The part of :attr:`ratio` above 1 that the YOLO loss alone accounts for (step-time units;
         the median of the rounds' own shares, as for :attr:`ratio`)."""
-        if self.rounds and self.loss_rounds:
-            return statistics.median(loss for _, loss, _ in self.round_parts())
+        parts = self.round_parts()
+        if parts:
+            return statistics.median(loss for _, loss, _ in parts)
         return self.bare_img_per_s / self.loss_img_per_s - 1.0 if self.loss_img_per_s else float("nan")
 
     def round_parts(self) -> list[tuple[float, float, float]]:
@@ -57,7 +58,8 @@ class StepBench:
     @property
     def wait_share(self) -> float:
         """The part of :attr:`ratio` above 1 spent waiting for batches (step-time units, median)."""
-        return statistics.median(wait for _, _, wait in self.round_parts()) if self.wait_rounds else float("nan")
+        parts = self.round_parts()
+        return statistics.median(wait for _, _, wait in parts) if parts else float("nan")
 
 
 def bench_train_step(
