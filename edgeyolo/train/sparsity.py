@@ -453,7 +453,9 @@ class SparsityRegularizer:
       ``(t + 1)·s``, those above at ``(t − 1)·s`` (pushed up when ``t < 1``), so the set splits into
       a group going to zero and a group that keeps its scale instead of all shrinking together.
       ``t`` (``polar_t``, default 1) sets the balance. The mean's own dependence on each γ is
-      left out of the subgradient (it is ``O(1/N)``).
+      left out of the subgradient (it is ``O(1/N)``). With ``polar_mean="layer"`` each conv's γ
+      are split around that conv's own mean |γ| instead, so a conv whose γ are all small (a wide
+      conv late in the network) is not pulled down as a whole.
     * ``gradual`` — only the smallest |γ| of the set are pulled, ``s · sign(γ)``, and how many is a
       cubic ramp over the run (the schedule of Zhu & Gupta's gradual magnitude pruning, 2017)::
 
@@ -465,6 +467,14 @@ class SparsityRegularizer:
       has the most time left to adapt, and never more than ``target`` of the set, so the fraction
       does not overshoot. ``s`` must be large enough for the pulled γ to keep up with the ramp
       (the run prints the reach).
+
+    ``layer_cap`` (default 1: none) bounds the share of each conv's γ the penalty pulls: until the
+    hold, only the ``floor(layer_cap · n)`` smallest |γ| of a conv with ``n`` channels are pulled
+    towards zero, the rest get no pull (a push up, ``polar`` with ``t < 1``, is kept). A global
+    ranking otherwise empties the convs whose γ are small as a whole (measured, ``--prune 1``:
+    89 % of a 256-channel conv cut for a 52 % target), and a conv left with a few channels costs
+    more accuracy than the same number of channels spread over several. The cap must be at least
+    ``target`` for the target to stay reachable.
     """
 
     def __init__(
@@ -486,6 +496,8 @@ class SparsityRegularizer:
         penalty: str = "l1",
         polar_t: float = 1.0,
         ramp: float = 0.5,
+        polar_mean: str = "global",
+        layer_cap: float = 1.0,
     ):
         self.schedule = SparsitySchedule.parse(schedule)
         if penalty not in PENALTIES:
@@ -494,6 +506,9 @@ class SparsityRegularizer:
             raise UsageError(f"the polarization balance t must be > 0, got {polar_t}")
         self.penalty = penalty
         self.polar_t = float(polar_t)
+        if polar_mean not in ("global", "layer"):
+            raise UsageError(f"the polarization mean must be 'global' or 'layer', got {polar_mean!r}")
+        self.polar_mean = polar_mean
         if not (math.isfinite(float(s)) and float(s) >= 0.0):
             raise UsageError(f"--s (sparse rate) must be a finite number >= 0, got {s}")
         if self.schedule in (SparsitySchedule.STEP, SparsitySchedule.LOCAL) and (epochs is None or int(epochs) <= 0):
@@ -513,6 +528,9 @@ class SparsityRegularizer:
         self.local_percentile = _check_fraction("local_percentile", local_percentile, low_open=False)
         self.threshold = float(threshold)
         self.target = _check_fraction("target", target)
+        self.layer_cap = _check_fraction("the per-layer cap", layer_cap)
+        if self.layer_cap < self.target:
+            raise UsageError(f"the per-layer cap ({self.layer_cap:g}) is below the target ({self.target:g}): the target could not be reached")
         self.gain = float(gain)
         self.s_min_factor = float(s_min_factor)
         self.s_max_factor = float(s_max_factor)
@@ -535,7 +553,8 @@ class SparsityRegularizer:
             f"sparse training: --prune {int(self.mode)} ({self.mode.name.lower()}) penalises {len(self._bns)} BN convs "
             f"({channels} γ); {len(self.prunable.excluded)} convs left out ({left_out}); "
             f"schedule {self.schedule.value}, s {self.s:g} per optimizer step"
-            + (f", polarization t {self.polar_t:g}" if self.penalty == "polar" else "")
+            + (f", polarization t {self.polar_t:g} around the {self.polar_mean} mean" if self.penalty == "polar" else "")
+            + (f", at most {self.layer_cap:.0%} of each conv pulled" if self.layer_cap < 1.0 else "")
             + (f", gradual: the lowest {self.target:.0%} by {self.ramp:.0%} of the run" if self.penalty == "gradual" else "")
         )
 
@@ -645,7 +664,7 @@ class SparsityRegularizer:
         if local:
             k = min(int(gammas.numel() * self.local_percentile), gammas.numel() - 1)
             relieve = torch.sort(gammas).values[k]
-        mean = float(gammas.mean()) if ranked and self.penalty == "polar" else 0.0
+        mean = float(gammas.mean()) if ranked and self.penalty == "polar" and self.polar_mean == "global" else 0.0
         pulled: list[Tensor] | None = None
         if ranked and self.penalty == "gradual":
             if progress is None:
@@ -662,13 +681,19 @@ class SparsityRegularizer:
             elif pulled is not None:
                 step = torch.where(pulled[j].view_as(sign), sign * s, torch.zeros_like(sign))
             else:
+                direction = sign
                 if self.penalty == "polar":
-                    sign = sign * (self.polar_t - torch.sign(magnitude - mean)).to(sign.dtype)
+                    centre = mean if self.polar_mean == "global" else float(magnitude.mean())
+                    direction = sign * (self.polar_t - torch.sign(magnitude - centre)).to(sign.dtype)
                 if relieve is None:
-                    step = sign * s
+                    step = direction * s
                 else:
                     coef = torch.where(magnitude >= relieve.to(weight.device), s * DECAY_FACTOR, s)
-                    step = sign * coef.to(sign.dtype)
+                    step = direction * coef.to(sign.dtype)
+            if self.layer_cap < 1.0 and not self._holding:
+                keep = torch.ones_like(sign, dtype=torch.bool).flatten()
+                keep[torch.argsort(magnitude.flatten(), stable=True)[: math.floor(self.layer_cap * sign.numel() + 1e-9)]] = False
+                step = torch.where(keep.view_as(sign) & (step * sign > 0), torch.zeros_like(step), step)
             if weight.grad is None:
                 weight.grad = step
             else:

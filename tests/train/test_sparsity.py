@@ -824,6 +824,90 @@ def test_polar_penalty_splits_a_tight_band_where_l1_shrinks_it_whole(res_cfg):
     assert results["polar"][0] > 0.3 and results["polar"][1] > 0.3, results  # two groups: near zero, untouched
 
 
+def test_polar_layer_mean_splits_each_conv_around_its_own_mean(res_cfg):
+    model = seeded_model(res_cfg)
+    with torch.no_grad():  # one conv's γ all small: a global mean would pull every one of them
+        model.module_list[20].bn.weight.mul_(0.05)
+    s, t = 1e-2, 1.0
+    reg = SparsityRegularizer(model, 1, s, penalty="polar", polar_t=t, polar_mean="layer")
+    assert "around the layer mean" in reg.describe()
+    before = fill_grads(model)
+    reg.apply(0)
+    global_mean = float(torch.cat([model.module_list[i].bn.weight.detach().abs() for i in reg.layers]).mean())
+    for i in reg.layers:
+        weight = model.module_list[i].bn.weight
+        g = weight.detach()
+        mean = float(g.abs().mean())
+        expected = torch.sign(g) * (t - torch.sign(g.abs() - mean)) * s
+        assert torch.allclose(weight.grad - before[f"module_list.{i}.bn.weight"], expected, rtol=0, atol=1e-6), i
+    small = model.module_list[20].bn.weight.detach().abs()
+    assert float(small.max()) < global_mean  # all below the global mean, yet only about half pulled
+    conv20 = model.module_list[20].bn.weight
+    pulled = int(((conv20.grad - before["module_list.20.bn.weight"]) * torch.sign(conv20.detach()) > 0).sum())
+    assert 0.3 * small.numel() < pulled < 0.7 * small.numel()
+
+
+@pytest.mark.parametrize("penalty", ["l1", "polar"])
+def test_layer_cap_pulls_only_the_smallest_share_of_each_conv(res_cfg, penalty):
+    model, uncapped = seeded_model(res_cfg), seeded_model(res_cfg)
+    with torch.no_grad():  # a conv under the global mean as a whole: polar pulls all of it uncapped
+        for m in (model, uncapped):
+            m.module_list[20].bn.weight.mul_(0.05)
+    s, cap = 1e-2, 0.6
+    reg = SparsityRegularizer(model, 1, s, penalty=penalty, layer_cap=cap, target=0.5)
+    assert "at most 60% of each conv pulled" in reg.describe()
+    free = SparsityRegularizer(uncapped, 1, s, penalty=penalty, target=0.5)
+    before = fill_grads(model)
+    fill_grads(uncapped)
+    reg.apply(0)
+    free.apply(0)
+    taken = 0
+    for i in reg.layers:
+        g = model.module_list[i].bn.weight
+        added = g.grad - before[f"module_list.{i}.bn.weight"]
+        added_free = uncapped.module_list[i].bn.weight.grad - before[f"module_list.{i}.bn.weight"]
+        n = g.numel()
+        allowed = torch.zeros(n, dtype=torch.bool)
+        allowed[torch.argsort(g.detach().abs(), stable=True)[: math.floor(cap * n + 1e-9)]] = True
+        # inside the allowed share the penalty is the uncapped one; outside, no pull towards zero
+        assert torch.equal(added[allowed], added_free[allowed]), i
+        assert not bool((added[~allowed] * torch.sign(g.detach()[~allowed]) > 0).any()), i
+        taken += int((added_free[~allowed] * torch.sign(g.detach()[~allowed]) > 0).sum())
+    assert taken > 50  # the cap did take pulls away
+
+
+def test_layer_cap_stops_a_conv_emptying_under_training(res_cfg):
+    """Penalty alone, plain SGD, one conv's γ small as a whole: uncapped, the global polar mean
+    sends all of that conv to zero; capped at 70 % it keeps 30 % of its channels."""
+    cut = {}
+    for cap in (1.0, 0.7):
+        model = seeded_model(res_cfg)
+        with torch.no_grad():
+            for i in prunable_bn(res_cfg, 1).layers:
+                model.module_list[i].bn.weight.abs_().clamp_(min=0.3)
+            model.module_list[20].bn.weight.mul_(0.1)
+        reg = SparsityRegularizer(model, 1, 0.02, penalty="polar", layer_cap=cap, target=0.5)
+        bns = [model.module_list[i].bn for i in reg.layers]
+        opt = torch.optim.SGD([bn.weight for bn in bns], lr=0.1)
+        for _ in range(100):
+            opt.zero_grad(set_to_none=True)
+            reg.apply(0)
+            opt.step()
+        cut[cap] = float((model.module_list[20].bn.weight.detach().abs() < 1e-2).float().mean())
+    assert cut[1.0] == 1.0, cut
+    assert 0.6 < cut[0.7] <= 0.7, cut
+
+
+def test_bad_layer_cap_and_polar_mean(res_cfg):
+    model = seeded_model(res_cfg)
+    with pytest.raises(UsageError, match="per-layer cap"):
+        SparsityRegularizer(model, 1, 0.01, layer_cap=0.0)
+    with pytest.raises(UsageError, match=r"per-layer cap \(0.4\) is below the target \(0.5\)"):
+        SparsityRegularizer(model, 1, 0.01, "dynamic", layer_cap=0.4, target=0.5)
+    with pytest.raises(UsageError, match="polarization mean"):
+        SparsityRegularizer(model, 1, 0.01, penalty="polar", polar_mean="median")
+
+
 def test_unknown_penalty_is_a_usage_error(res_cfg):
     with pytest.raises(UsageError, match="unknown sparsity penalty"):
         SparsityRegularizer(seeded_model(res_cfg), 1, 0.01, penalty="l2")
