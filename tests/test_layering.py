@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "edgeyolo.registry": 0,
     "edgeyolo.log": 0,
     "edgeyolo.contract": 0,
+    "edgeyolo.heap": 0,
     "edgeyolo.model": 1,
     "edgeyolo.data": 1,
     "edgeyolo.train": 2,
