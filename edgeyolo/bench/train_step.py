@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -27,6 +28,7 @@ class StepBench:
     loss_img_per_s: float = 0.0  # median: the bare step with the YOLO loss instead of a mean
     loss_rounds: tuple[float, ...] = ()
     wait_rounds: tuple[float, ...] = ()  # the trainer's share of time waiting for batches, each round
+    fault_rounds: tuple[tuple[float, float], ...] = ()  # (trainer, bare) minor page faults per step, each round
 
     @property
     def ratio(self) -> float:
@@ -72,7 +74,10 @@ def bench_train_step(
     slows all alike; medians over ``rounds``. The trainer draws the CLI's progress bar (into
     /dev/null), as a run on a terminal does. The third rate splits the overhead into the loss and
     the rest (data, EMA, sparsity, logging); the trainer's own clock says how much of it was spent
-    waiting for batches. A first, untimed epoch pays the workers' start-up, which a run pays once."""
+    waiting for batches. A first, untimed epoch pays the workers' start-up, which a run pays once.
+    Each round also counts the minor page faults per step of the training process (the trainer's
+    including the batches it builds with ``workers=0``): memory handed back to the kernel and
+    faulted in again (see :mod:`edgeyolo.heap`)."""
     from rich.console import Console
 
     from edgeyolo.data.synth import make_synthetic
@@ -121,15 +126,23 @@ def bench_train_step(
 
         for fn in (bare, with_loss):
             fn().backward()
-        measured, loss_rates, waits = [], [], []
+        def faults() -> int:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+        trainer_steps = len(trainer._batches(1))
+        measured, loss_rates, waits, fault_counts = [], [], [], []
         for epoch in range(1, rounds + 1):
+            before = faults()
             record = trainer.train_epoch(epoch, trainer.accumulate)
+            between = faults()
             measured.append((rate(bare), record.images_per_s))
+            fault_counts.append(((between - before) / trainer_steps, (faults() - between) / steps))
             loss_rates.append(rate(with_loss))
             waits.append(record.data_wait)
         trainer._loader = None  # stop the workers
     bare_rate = statistics.median(b for b, _ in measured)
     timed = statistics.median(t for _, t in measured)
     return StepBench(
-        cfg, img_size, batch_size, bare_rate, timed, tuple(measured), statistics.median(loss_rates), tuple(loss_rates), tuple(waits)
+        cfg, img_size, batch_size, bare_rate, timed, tuple(measured), statistics.median(loss_rates), tuple(loss_rates), tuple(waits),
+        tuple(fault_counts),
     )

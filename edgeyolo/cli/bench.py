@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import List, Optional
 
@@ -112,13 +113,18 @@ def train_step(
     table = _table(
         f"{cfg} @ {img_size}, batch {batch_size}, {images} images, {workers} workers, cache {'on' if cache else 'off'}",
         ("round", "bare fwd+bwd img/s", "bare + YOLO loss img/s", "trainer img/s", "trainer / bare step time", "of which the loss",
-         "of which data wait"),
+         "of which data wait", "page faults / step: trainer, bare"),
     )
-    for k, ((bare, timed), lossy, (ratio, loss, wait)) in enumerate(zip(r.rounds, r.loss_rounds, r.round_parts()), 1):
-        table.add_row(str(k), f"{bare:.1f}", f"{lossy:.1f}", f"{timed:.1f}", f"{ratio:.2f}x", f"{loss:+.0%}", f"+{wait:.0%}")
+    for k, ((bare, timed), lossy, (ratio, loss, wait), (t_faults, b_faults)) in enumerate(
+        zip(r.rounds, r.loss_rounds, r.round_parts(), r.fault_rounds), 1
+    ):
+        table.add_row(
+            str(k), f"{bare:.1f}", f"{lossy:.1f}", f"{timed:.1f}", f"{ratio:.2f}x", f"{loss:+.0%}", f"+{wait:.0%}", f"{t_faults:.0f}, {b_faults:.0f}"
+        )
+    faults = [t for t, _ in r.fault_rounds], [b for _, b in r.fault_rounds]
     table.add_row(
         "median", f"{r.bare_img_per_s:.1f}", f"{r.loss_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x", f"{r.loss_share:+.0%}",
-        f"+{r.wait_share:.0%}",
+        f"+{r.wait_share:.0%}", f"{statistics.median(faults[0]):.0f}, {statistics.median(faults[1]):.0f}",
     )
     Console(width=140).print(table)
 

@@ -20,6 +20,7 @@ def test_rounds_interleave_and_the_ratio_is_the_median_of_the_rounds():
     assert r.loss_share == pytest.approx(sorted(b / lossy - 1.0 for (b, _), lossy in zip(r.rounds, r.loss_rounds))[1])
     assert len(r.wait_rounds) == 3 and all(0.0 < w < 1.0 for w in r.wait_rounds)
     assert 0.0 < r.wait_share < r.ratio
+    assert len(r.fault_rounds) == 3 and all(t >= 0 and b >= 0 for t, b in r.fault_rounds)
 
 
 def test_cli_prints_each_round_and_the_median(capsys):
@@ -27,4 +28,5 @@ def test_cli_prints_each_round_and_the_median(capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "median" in out and out.count("x") >= 3 and "of which the loss" in out and "of which data wait" in out
+    assert "page faults" in out
     assert main([*argv[:-1], "0"]) == 2
