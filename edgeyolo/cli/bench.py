@@ -112,8 +112,8 @@ def train_step(
     r = bench_train_step(cfg, img_size, batch_size, images, workers, sparse=sparse, cache=cache, rounds=rounds)
     table = _table(
         f"{cfg} @ {img_size}, batch {batch_size}, {images} images, {workers} workers, cache {'on' if cache else 'off'}",
-        ("round", "bare fwd+bwd img/s", "bare + YOLO loss img/s", "trainer img/s", "trainer / bare step time", "of which the loss",
-         "of which data wait", "page faults / step: trainer, bare"),
+        ("round", "bare fwd+bwd img/s", "bare + loss img/s", "trainer img/s", "trainer / bare", "the loss", "data wait",
+         "faults/step trainer, bare"),
     )
     for k, ((bare, timed), lossy, (ratio, loss, wait), (t_faults, b_faults)) in enumerate(
         zip(r.rounds, r.loss_rounds, r.round_parts(), r.fault_rounds), 1
