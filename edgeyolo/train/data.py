@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from edgeyolo.contract import Contract, INTERPOLATIONS, Letterbox, channel_order_for
 from edgeyolo.data.types import DetectionDataset, Sample
 from edgeyolo.errors import UsageError
+from edgeyolo.heap import keep_freed_memory
 from edgeyolo.model.io import read_image
 
 log = logging.getLogger(__name__)
@@ -641,6 +642,7 @@ def worker_init(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    keep_freed_memory()  # spawned: the trainer's malloc settings are not inherited
     try:
         os.nice(WORKER_NICE)
     except OSError:  # not permitted here; priority is an optimisation only
