@@ -45,6 +45,9 @@ def train(
     sr_ramp: float = typer.Option(0.5, "--sr-ramp", help="gradual: fraction of the run by which --sr-target of the γ are pulled."),
     sr_polar_mean: str = typer.Option("global", "--sr-polar-mean", help="polar: split each γ around the mean of the whole set (global) or of its own conv (layer)."),
     sr_layer_cap: float = typer.Option(1.0, "--sr-layer-cap", help="Pull at most this share of each conv's γ (the smallest); 1 = no cap."),
+    sr_rank: str = typer.Option(
+        "magnitude", "--sr-rank", help="gradual: pull the smallest |γ| (magnitude) or the least important by Taylor, (γ·dL/dγ)² (taylor)."
+    ),
     cache: bool = typer.Option(False, "--cache", help="Decode the training images once into a memory-mapped cache."),
     max_val_images: Optional[int] = typer.Option(None, "--max-val-images", help="Validate on the first N images only."),
     t_cfg: Optional[str] = typer.Option(None, "--t-cfg", "--t_cfg", help="Distillation teacher cfg (path or zoo name)."),
@@ -133,6 +136,7 @@ def train(
             sr_ramp=sr_ramp,
             sr_polar_mean=sr_polar_mean,
             sr_layer_cap=sr_layer_cap,
+            sr_rank=sr_rank,
             cache=cache,
             max_val_images=max_val_images,
             kd_strategy=max(kd_strategy, 0),  # the reference's default -1 means none

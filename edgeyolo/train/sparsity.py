@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 DECAY_FACTOR = 0.01
 #: sparsity penalties (see :class:`SparsityRegularizer`)
 PENALTIES = ("l1", "polar", "gradual")
+#: what the ``gradual`` penalty ranks the γ by (see :class:`SparsityRegularizer`)
+RANKINGS = ("magnitude", "taylor")
+#: per-step decay of the running Taylor importance (a memory of about 20 optimizer steps)
+TAYLOR_DECAY = 0.95
 #: |γ| thresholds reported by :func:`gamma_stats`
 STAT_THRESHOLDS = (1e-2, 1e-3)
 STAT_PERCENTILES = (1, 5, 25, 50, 75, 95)
@@ -466,7 +470,13 @@ class SparsityRegularizer:
       other γ get nothing. Few channels are pushed at any time, fastest early while the network
       has the most time left to adapt, and never more than ``target`` of the set, so the fraction
       does not overshoot. ``s`` must be large enough for the pulled γ to keep up with the ramp
-      (the run prints the reach).
+      (the run prints the reach). With ``rank="taylor"`` the channels pulled are those of the
+      lowest *importance* instead of the smallest |γ|: the first-order estimate of what zeroing γ
+      costs the loss, ``(γ · ∂L/∂γ)²`` (Molchanov et al., CVPR 2019), a running mean over optimizer
+      steps (decay ``TAYLOR_DECAY``) of the data gradient before the penalty is added. Unlike |γ|,
+      it is in loss units, so convs of different γ scale compare, and a channel the data still
+      uses is not cut for being small. A pulled channel's importance falls with its γ, so the
+      pulled set settles.
 
     ``layer_cap`` (default 1: none) bounds the share of each conv's γ the penalty pulls: until the
     hold, only the ``floor(layer_cap · n)`` smallest |γ| of a conv with ``n`` channels are pulled
@@ -498,6 +508,7 @@ class SparsityRegularizer:
         ramp: float = 0.5,
         polar_mean: str = "global",
         layer_cap: float = 1.0,
+        rank: str = "magnitude",
     ):
         self.schedule = SparsitySchedule.parse(schedule)
         if penalty not in PENALTIES:
@@ -509,6 +520,12 @@ class SparsityRegularizer:
         if polar_mean not in ("global", "layer"):
             raise UsageError(f"the polarization mean must be 'global' or 'layer', got {polar_mean!r}")
         self.polar_mean = polar_mean
+        if rank not in RANKINGS:
+            raise UsageError(f"unknown γ ranking {rank!r}; expected one of {', '.join(RANKINGS)}")
+        if rank != "magnitude" and penalty != "gradual":
+            raise UsageError(f"ranking the γ by {rank} needs the 'gradual' sparsity penalty, got {penalty!r}")
+        self.rank = rank
+        self._importance: list[Tensor] | None = None  # rank="taylor": running (γ·∂L/∂γ)² per channel
         if not (math.isfinite(float(s)) and float(s) >= 0.0):
             raise UsageError(f"--s (sparse rate) must be a finite number >= 0, got {s}")
         if self.schedule in (SparsitySchedule.STEP, SparsitySchedule.LOCAL) and (epochs is None or int(epochs) <= 0):
@@ -555,7 +572,10 @@ class SparsityRegularizer:
             f"schedule {self.schedule.value}, s {self.s:g} per optimizer step"
             + (f", polarization t {self.polar_t:g} around the {self.polar_mean} mean" if self.penalty == "polar" else "")
             + (f", at most {self.layer_cap:.0%} of each conv pulled" if self.layer_cap < 1.0 else "")
-            + (f", gradual: the lowest {self.target:.0%} by {self.ramp:.0%} of the run" if self.penalty == "gradual" else "")
+            + (
+                f", gradual: the {'least important' if self.rank == 'taylor' else 'lowest'} {self.target:.0%} by {self.ramp:.0%} of the run"
+                if self.penalty == "gradual" else ""
+            )
         )
 
     # ------------------------------------------------------------------ schedule
@@ -649,6 +669,8 @@ class SparsityRegularizer:
             self.update(epoch)
         elif self.schedule is SparsitySchedule.DYNAMIC:
             self._measure()
+        if self.rank == "taylor":
+            self._update_importance()
         if not self._holding:
             self._released = False
         elif not self._released and optimizer is not None:
@@ -670,7 +692,8 @@ class SparsityRegularizer:
             if progress is None:
                 progress = int(epoch) / self.epochs
             mask = torch.zeros_like(gammas, dtype=torch.bool)
-            mask[torch.argsort(gammas, stable=True)[: self.gradual_count(progress)]] = True
+            score = torch.cat([imp.flatten() for imp in self._importance]) if self.rank == "taylor" else gammas
+            mask[torch.argsort(score, stable=True)[: self.gradual_count(progress)]] = True
             pulled = list(mask.split([bn.weight.numel() for _, bn in self._bns]))
         for j, (_, bn) in enumerate(self._bns):
             weight = bn.weight
@@ -699,6 +722,20 @@ class SparsityRegularizer:
             else:
                 weight.grad.add_(step.to(weight.grad.dtype))
         return s
+
+    @torch.no_grad()
+    def _update_importance(self) -> None:
+        """Fold this step's ``(γ · ∂L/∂γ)²`` (the data gradient: call before adding the penalty)
+        into the running importance; the first step sets it."""
+        fresh = []
+        for _, bn in self._bns:
+            grad = bn.weight.grad
+            fresh.append(torch.zeros_like(bn.weight.detach(), dtype=torch.float32) if grad is None else (bn.weight.detach() * grad).float() ** 2)
+        if self._importance is None:
+            self._importance = fresh
+        else:
+            for imp, new in zip(self._importance, fresh):
+                imp.mul_(TAYLOR_DECAY).add_(new, alpha=1.0 - TAYLOR_DECAY)
 
     @torch.no_grad()
     def release_momentum(self, optimizer: torch.optim.Optimizer) -> int:
@@ -737,6 +774,8 @@ class SparsityRegularizer:
             "fraction": self._fraction,
             "holding": self._holding,
             "released": self._released,
+            # float32 values are exact in JSON's float64, so a resume ranks as the run did
+            "importance": None if self._importance is None else [imp.cpu().tolist() for imp in self._importance],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -754,6 +793,14 @@ class SparsityRegularizer:
         self._fraction = None if fraction is None else float(fraction)
         self._holding = bool(state.get("holding", False))
         self._released = bool(state.get("released", self._holding))
+        importance = state.get("importance")
+        if importance is not None and self.rank == "taylor":
+            if [len(values) for values in importance] != [bn.weight.numel() for _, bn in self._bns]:
+                logger.warning("resuming sparse training: the saved γ importance does not fit this model's prunable set; it starts afresh")
+            else:
+                self._importance = [
+                    torch.tensor(values, dtype=torch.float32, device=bn.weight.device) for values, (_, bn) in zip(importance, self._bns)
+                ]
 
 
 # --------------------------------------------------------------------------------------------- stats

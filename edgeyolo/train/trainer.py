@@ -87,6 +87,7 @@ class TrainConfig:
     sr_ramp: float = 0.5  # gradual penalty: fraction of the run by which sr_target is reached
     sr_polar_mean: str = "global"  # polar: split around the mean |γ| of the whole set, or of each conv ("layer")
     sr_layer_cap: float = 1.0  # at most this share of each conv's γ is pulled (1: no cap)
+    sr_rank: str = "magnitude"  # gradual penalty: pull the smallest |γ|, or the least important by Taylor ("taylor")
     cache: bool = False  # decode the training images once into a shared memory-mapped cache
     loss: dict = field(default_factory=dict)
     kd_strategy: int = 0  # knowledge distillation --KDstr 1..6 (0: off); see edgeyolo.train.distill
@@ -313,7 +314,7 @@ class Trainer:
             self.sparsity = SparsityRegularizer(
                 self.model, config.prune, config.s, config.sr_schedule, config.epochs,
                 target=config.sr_target, penalty=config.sr_penalty, polar_t=config.sr_t, ramp=config.sr_ramp,
-                polar_mean=config.sr_polar_mean, layer_cap=config.sr_layer_cap,
+                polar_mean=config.sr_polar_mean, layer_cap=config.sr_layer_cap, rank=config.sr_rank,
             )
         self.start_epoch = 0
         self.best_fitness = -1.0

@@ -938,6 +938,50 @@ def test_gradual_penalty_pulls_exactly_the_lowest_gammas_on_a_cubic_ramp(res_cfg
         SparsityRegularizer(model, 1, s, "constant", epochs=10, penalty="gradual", ramp=0.0)
 
 
+def test_taylor_rank_pulls_the_least_important_by_running_gamma_times_grad_squared(res_cfg):
+    from edgeyolo.train.sparsity import TAYLOR_DECAY
+
+    model = seeded_model(res_cfg)
+    s = 1e-3
+    reg = SparsityRegularizer(model, 1, s, "constant", epochs=10, penalty="gradual", target=0.6, ramp=0.5, rank="taylor")
+    assert "the least important 60%" in reg.describe()
+    n = sum(model.module_list[i].bn.num_features for i in reg.layers)
+    rng = np.random.default_rng(2)
+    values = rng.uniform(-1.5, 1.5, n).astype(np.float32)
+    set_prunable_gammas(model, reg.layers, values)
+    expected = None
+    for step, progress in enumerate((0.1, 0.3, 0.8)):
+        data_grads = rng.normal(size=n).astype(np.float32)
+        sizes = [model.module_list[i].bn.num_features for i in reg.layers]
+        for i, g in zip(reg.layers, np.split(data_grads, np.cumsum(sizes)[:-1])):
+            model.module_list[i].bn.weight.grad = torch.from_numpy(g.copy())
+        fresh = (values.astype(np.float64) * data_grads) ** 2
+        expected = fresh if expected is None else TAYLOR_DECAY * expected + (1 - TAYLOR_DECAY) * fresh
+        reg.apply(step, progress)
+        got = torch.cat(reg._importance).double().numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+        added = torch.cat([model.module_list[i].bn.weight.grad for i in reg.layers]).numpy() - data_grads
+        k = reg.gradual_count(progress)
+        pulled = np.zeros(n, bool)
+        pulled[np.argsort(got, kind="stable")[:k]] = True
+        np.testing.assert_allclose(added[pulled], s * np.sign(values[pulled]), atol=1e-7)
+        assert not np.abs(added[~pulled]).max() > 1e-7
+        # not the magnitude ranking: a small |γ| the data leans on is kept
+        assert not np.array_equal(pulled, np.isin(np.arange(n), np.argsort(np.abs(values), kind="stable")[:k]))
+    # resume: the running importance goes through the JSON state exactly
+    restored = SparsityRegularizer(seeded_model(res_cfg), 1, s, "constant", epochs=10, penalty="gradual", target=0.6, rank="taylor")
+    restored.load_state_dict(json.loads(json.dumps(reg.state_dict())))
+    assert all(torch.equal(a, b) for a, b in zip(restored._importance, reg._importance))
+
+
+def test_taylor_rank_needs_the_gradual_penalty(res_cfg):
+    model = seeded_model(res_cfg)
+    with pytest.raises(UsageError, match="needs the 'gradual' sparsity penalty"):
+        SparsityRegularizer(model, 1, 0.01, penalty="polar", rank="taylor")
+    with pytest.raises(UsageError, match="unknown γ ranking"):
+        SparsityRegularizer(model, 1, 0.01, "constant", epochs=10, penalty="gradual", rank="fisher")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none here")
 @pytest.mark.parametrize(
     "penalty, schedule, target",
