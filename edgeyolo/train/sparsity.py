@@ -459,7 +459,8 @@ class SparsityRegularizer:
       ``t`` (``polar_t``, default 1) sets the balance. The mean's own dependence on each γ is
       left out of the subgradient (it is ``O(1/N)``). With ``polar_mean="layer"`` each conv's γ
       are split around that conv's own mean |γ| instead, so a conv whose γ are all small (a wide
-      conv late in the network) is not pulled down as a whole.
+      conv late in the network) is not pulled down as a whole. (Measured, ``--prune 1``,
+      edgeyolo-res: 2.9 mAP points under the global mean after 21 of 30 epochs.)
     * ``gradual`` — only the smallest |γ| of the set are pulled, ``s · sign(γ)``, and how many is a
       cubic ramp over the run (the schedule of Zhu & Gupta's gradual magnitude pruning, 2017)::
 
@@ -476,15 +477,17 @@ class SparsityRegularizer:
       steps (decay ``TAYLOR_DECAY``) of the data gradient before the penalty is added. Unlike |γ|,
       it is in loss units, so convs of different γ scale compare, and a channel the data still
       uses is not cut for being small. A pulled channel's importance falls with its γ, so the
-      pulled set settles.
+      pulled set settles. (Measured, ``--prune 1``, edgeyolo-res, 30 epochs, 52 % cut: 0.6 mAP
+      points under normal training, against 2.4 for ``polar``; ranked by magnitude, the same
+      settings stalled at 43 %.)
 
     ``layer_cap`` (default 1: none) bounds the share of each conv's γ the penalty pulls: until the
     hold, only the ``floor(layer_cap · n)`` smallest |γ| of a conv with ``n`` channels are pulled
     towards zero, the rest get no pull (a push up, ``polar`` with ``t < 1``, is kept). A global
     ranking otherwise empties the convs whose γ are small as a whole (measured, ``--prune 1``:
-    89 % of a 256-channel conv cut for a 52 % target), and a conv left with a few channels costs
-    more accuracy than the same number of channels spread over several. The cap must be at least
-    ``target`` for the target to stay reachable.
+    89 % of a 256-channel conv cut for a 52 % target). It did not buy accuracy there: capped at
+    0.7, the 30-epoch run ended 2.7 points under normal training, uncapped 2.4. The cap must be
+    at least ``target`` for the target to stay reachable.
     """
 
     def __init__(
