@@ -32,6 +32,7 @@ from edgeyolo.train.distill import (
 )
 from edgeyolo.train.loss import YoloLoss
 from edgeyolo.train.trainer import TrainConfig, Trainer
+from tests.train.resume import assert_same_weights, straight_and_resumed
 from tests.conftest import cfg_path
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -397,25 +398,10 @@ def test_kd_changes_the_update(synth, teachers, tmp_path):
 
 
 def test_resume_with_distillation_is_bitwise_identical(synth, teachers, tmp_path):
-    config = dataclasses.replace(kd_config(synth, tmp_path, 5, teachers["mobile"]), epochs=2, name="straight")
-    Trainer(config).fit()
-
-    class Stop(Exception):
-        pass
-
-    def stop(record):
-        raise Stop
-
-    with pytest.raises(Stop):  # killed after epoch 0 was checkpointed
-        Trainer(dataclasses.replace(config, name="cut"), on_epoch=stop).fit()
-    resumed = Trainer.resume(tmp_path / "cut")
+    config = dataclasses.replace(kd_config(synth, tmp_path, 5, teachers["mobile"]), epochs=2)
+    a, b, resumed = straight_and_resumed(config)
     assert resumed.start_epoch == 1 and resumed.distiller is not None
-    resumed.fit()
-    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
-    for part in ("model", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    assert_same_weights(a, b)
     assert json.loads(a["history"])[-1]["kd"] == json.loads(b["history"])[-1]["kd"]
 
 
@@ -508,26 +494,12 @@ def test_fpga_flag_is_pow2_and_combines_with_distillation(synth, teachers, tmp_p
 def test_qat_resume_is_bitwise_identical(synth, tmp_path):
     config = TrainConfig(
         data=str(synth), cfg=str(cfg_path("edgeyolo-mobile")), img_size=64, batch_size=4, epochs=2, workers=0,
-        out=str(tmp_path), name="straight", threads=1, burn_in=1, max_val_images=2, quantized="affine", bn_fold=True,
+        out=str(tmp_path), threads=1, burn_in=1, max_val_images=2, quantized="affine", bn_fold=True,
     )
-    Trainer(config).fit()
-
-    class Stop(Exception):
-        pass
-
-    def stop(record):
-        raise Stop
-
-    with pytest.raises(Stop):
-        Trainer(dataclasses.replace(config, name="cut"), on_epoch=stop).fit()
-    resumed = Trainer.resume(tmp_path / "cut")  # re-prepared before the state (quantizer ranges included) loads
-    resumed.fit()
-    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
+    # the resume re-prepares the model before the state (quantizer ranges included) loads
+    a, b, _ = straight_and_resumed(config)
     assert any(k.endswith("in_q.amax") for k in a["model"])
-    for part in ("model", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    assert_same_weights(a, b)
 
 
 def test_low_bit_qat_starts_from_calibrated_ranges_with_8_bit_edges(synth, tmp_path):

@@ -17,6 +17,7 @@ from edgeyolo.model.checkpoint import load_pretrained
 from edgeyolo.model.darknet import Darknet
 from edgeyolo.train.trainer import TrainConfig, Trainer, TrainingDiverged
 from tests.conftest import cfg_path
+from tests.train.resume import assert_same_weights, straight_and_resumed
 
 CLI = [sys.executable, "-c", "import sys; from edgeyolo.cli.app import main; sys.exit(main())"]
 
@@ -132,32 +133,18 @@ def test_sparse_training_logs_gamma_statistics(synth, tmp_path):
 
 def test_resume_of_taylor_ranked_sparse_training_is_bitwise_identical(synth, tmp_path):
     """The running importance decides which γ are pulled; a resume must carry it exactly."""
-    import dataclasses
     import json
 
     config = TrainConfig(
         data=str(synth), cfg=str(cfg_path("edgeyolo-res")), img_size=64, batch_size=4, nominal_batch=8, epochs=2, workers=0,
-        out=str(tmp_path), name="straight", threads=1, seed=3, max_val_images=2, sparse=True, s=0.05, prune=1,
+        out=str(tmp_path), threads=1, seed=3, max_val_images=2, sparse=True, s=0.05, prune=1,
         sr_penalty="gradual", sr_rank="taylor", sr_target=0.3, sr_ramp=0.5,
     )
-    Trainer(config).fit()
-
-    class Stop(Exception):
-        pass
-
-    def stop(record):
-        raise Stop
-
-    with pytest.raises(Stop):  # killed after epoch 0 was checkpointed
-        Trainer(dataclasses.replace(config, name="cut"), on_epoch=stop).fit()
-    state = json.loads(state_of(tmp_path / "cut")["sparsity"])
-    assert state["importance"] and any(v > 0 for layer in state["importance"] for v in layer)
-    Trainer.resume(tmp_path / "cut").fit()
-    a, b = state_of(tmp_path / "straight"), state_of(tmp_path / "cut")
-    for part in ("model", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
-    assert json.loads(a["sparsity"])["importance"] == json.loads(b["sparsity"])["importance"]
+    a, b, _ = straight_and_resumed(config)
+    assert_same_weights(a, b)
+    importance = json.loads(a["sparsity"])["importance"]
+    assert importance and any(v > 0 for layer in importance for v in layer)
+    assert json.loads(b["sparsity"])["importance"] == importance
 
 
 def test_sparse_training_refuses_an_empty_prunable_set(synth, tmp_path):
