@@ -63,6 +63,13 @@ class StepBench:
         parts = self.round_parts()
         return statistics.median(wait for _, _, wait in parts) if parts else float("nan")
 
+    @property
+    def faults_per_step(self) -> tuple[float, float]:
+        """Median minor page faults per step over the rounds: (trainer, bare); NaN without rounds."""
+        if not self.fault_rounds:
+            return float("nan"), float("nan")
+        return statistics.median(t for t, _ in self.fault_rounds), statistics.median(b for _, b in self.fault_rounds)
+
 
 def bench_train_step(
     cfg: str, img_size: int = 160, batch_size: int = 16, images: int = 256, workers: int = 2, threads: int = 0,
@@ -129,7 +136,7 @@ def bench_train_step(
         def faults() -> int:
             return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
-        trainer_steps = len(trainer._batches(1))
+        trainer_steps = len(trainer._loader)  # batches per epoch, the same in every epoch
         measured, loss_rates, waits, fault_counts = [], [], [], []
         for epoch in range(1, rounds + 1):
             before = faults()

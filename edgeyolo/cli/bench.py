@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import List, Optional
 
@@ -121,10 +120,10 @@ def train_step(
         table.add_row(
             str(k), f"{bare:.1f}", f"{lossy:.1f}", f"{timed:.1f}", f"{ratio:.2f}x", f"{loss:+.0%}", f"+{wait:.0%}", f"{t_faults:.0f}, {b_faults:.0f}"
         )
-    faults = [t for t, _ in r.fault_rounds], [b for _, b in r.fault_rounds]
+    trainer_faults, bare_faults = r.faults_per_step
     table.add_row(
         "median", f"{r.bare_img_per_s:.1f}", f"{r.loss_img_per_s:.1f}", f"{r.trainer_img_per_s:.1f}", f"{r.ratio:.2f}x", f"{r.loss_share:+.0%}",
-        f"+{r.wait_share:.0%}", f"{statistics.median(faults[0]):.0f}, {statistics.median(faults[1]):.0f}",
+        f"+{r.wait_share:.0%}", f"{trainer_faults:.0f}, {bare_faults:.0f}",
     )
     Console(width=140).print(table)
 

@@ -21,6 +21,7 @@ def test_rounds_interleave_and_the_ratio_is_the_median_of_the_rounds():
     assert len(r.wait_rounds) == 3 and all(0.0 < w < 1.0 for w in r.wait_rounds)
     assert 0.0 < r.wait_share < r.ratio
     assert len(r.fault_rounds) == 3 and all(t >= 0 and b >= 0 for t, b in r.fault_rounds)
+    assert r.faults_per_step == (sorted(t for t, _ in r.fault_rounds)[1], sorted(b for _, b in r.fault_rounds)[1])
 
 
 def test_cli_prints_each_round_and_the_median(capsys):
