@@ -5,13 +5,12 @@ threshold (128 KiB at start, raised towards 32 MiB as such blocks are freed) is 
 freed, and the free top of the heap is trimmed once it exceeds twice that threshold. A training
 step allocates and frees the same few-megabyte activation blocks every step, so every step maps
 them again and the kernel zeroes each 4 KiB page on its first touch. Measured on edgeyolo-res,
-160 px, batch 16, one thread: 4 400–21 000 minor page faults per trainer step (the batch built
-between two steps frees the heap's top) and 2 400–7 300 per bare forward + backward; with the
-thresholds below, 0–1 400 and 0.
+160 px, batch 16, one thread: 4 400–21 000 minor page faults per trainer step and 2 400–7 300
+per bare forward + backward; with the thresholds below, 0–1 400 and 0.
 
 :func:`keep_freed_memory` fixes the mmap threshold at glibc's 64-bit ceiling and the trim
-threshold at 1 GiB. The process's peak memory does not change; what it returns to the kernel
-between steps does. ``EDGEYOLO_MALLOC_TUNING=0`` leaves malloc's defaults alone.
+threshold at 1 GiB, so the process keeps the memory of its largest step instead of returning it
+between steps. ``EDGEYOLO_MALLOC_TUNING=0`` leaves malloc's defaults alone.
 """
 
 from __future__ import annotations

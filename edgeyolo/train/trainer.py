@@ -243,7 +243,7 @@ class Trainer:
             torch.distributed.init_process_group(backend)
         if config.threads:
             torch.set_num_threads(config.threads)
-        keep_freed_memory()  # a step re-faulting its activations costs up to 10 % on the CPU (edgeyolo.heap)
+        keep_freed_memory()  # or every CPU step faults its activations in again (edgeyolo.heap)
         device = config.device
         if device == "cuda":  # one process per GPU under torchrun
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
