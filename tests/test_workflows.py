@@ -154,6 +154,17 @@ def test_ci_slow_tests_are_opt_in() -> None:
     assert 'PYTEST_ADDOPTS="-m slow"' in run and run.endswith("bash .ci/run")
 
 
+def test_ci_latest_versions_run_on_the_schedule() -> None:
+    ci = load_workflow(CI)
+    latest = ci["jobs"]["latest"]
+    assert "schedule" in ci["on"]
+    for event in ("push", "pull_request"):
+        assert not condition(latest["if"], _contexts({}, event), "success"), event
+    assert condition(latest["if"], _contexts({}, "schedule"), "success")
+    (run,) = [s["run"] for s in latest["steps"] if "run" in s]
+    assert run.endswith("bash .ci/run --latest")
+
+
 def test_pytest_addopts_from_the_environment_overrides_the_marker_filter(tmp_path: Path) -> None:
     """The slow job relies on PYTEST_ADDOPTS's -m replacing pyproject's: check it with pyproject's addopts."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
