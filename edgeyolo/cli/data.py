@@ -19,6 +19,8 @@ SplitOpt = typer.Option("val", "--split", help="Split to read: train, val or tes
 ImagesOpt = typer.Option(None, "--images", help="Image folder of a COCO json (default: beside the json).")
 NamesOpt = typer.Option(None, "--names", help="Class names file for VOC (default: sorted names found).")
 MaxIssuesOpt = typer.Option(50, "--max-issues", help="Print at most this many issue lines (0: all).")
+MapOpt = typer.Option(None, "--map", help="VOC: rename a class before the names apply, SOURCE=TARGET (repeatable), e.g. --map Alive=Tree.")
+DropUnknownOpt = typer.Option(False, "--drop-unknown", help="VOC: drop boxes of classes outside --names (default: an error at the first such box).")
 
 
 def _console():
@@ -60,8 +62,10 @@ def convert_cmd(
     images: Optional[Path] = ImagesOpt,
     split: Optional[str] = typer.Option(None, "--split", help="COCO → yolo: split to write (default from the json name); yolo → coco: split to read (default val)."),
     keep_difficult: bool = typer.Option(False, "--keep-difficult", help="VOC: keep difficult boxes as ordinary boxes (default: drop them)."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="VOC without ImageSets: fraction of images (stable hash) put in val."),
-    copy: bool = typer.Option(False, "--copy", help="Copy images instead of hard-linking them."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="VOC without a val list or folder: fraction of images (stable hash, at least one) put in val."),
+    copy: bool = typer.Option(False, "--copy", help="Copy images (default: hard links where possible, else copies; never symlinks)."),
+    class_map: Optional[list[str]] = MapOpt,
+    drop_unknown: bool = DropUnknownOpt,
     max_issues: int = MaxIssuesOpt,
 ) -> None:
     """Convert VOC / COCO / Oxford hand to the Ultralytics YOLO layout, or a YOLO dataset to COCO json."""
@@ -70,9 +74,14 @@ def convert_cmd(
     src_format, dst_format = src_format.lower(), dst_format.lower()
     if names is not None and src_format != "voc":
         raise UsageError("--names applies to --from voc only (other formats name their classes)")
+    if (class_map or drop_unknown) and src_format != "voc":
+        raise UsageError("--map and --drop-unknown apply to --from voc only")
     if dst_format == "yolo":
         if src_format == "voc":
-            result = convert.voc_to_yolo(src, out, names, keep_difficult=keep_difficult, val_fraction=val_fraction, image_root=images, link=not copy)
+            result = convert.voc_to_yolo(
+                src, out, names, keep_difficult=keep_difficult, val_fraction=val_fraction, image_root=images, link=not copy,
+                class_map=class_map, drop_unknown=drop_unknown,
+            )
         elif src_format == "coco":
             result = convert.coco_to_yolo(src, images, out, split=split, link=not copy)
         elif src_format == "oxfordhand":
@@ -91,7 +100,7 @@ def convert_cmd(
         typer.echo(f"note: {note}")
     counts = ", ".join(f"{split_}: {result.images[split_]} images / {result.boxes.get(split_, 0)} boxes" for split_ in result.images)
     target = result.data_yaml if dst_format == "yolo" else result.out
-    typer.echo(f"wrote {target} ({len(result.names)} classes; {counts}; {len(result.issues)} issue(s))")
+    typer.echo(f"wrote {target} ({len(result.names)} classes: {', '.join(result.names)}; {counts}; {len(result.issues)} issue(s))")
 
 
 # ------------------------------------------------------------------------------------------ check

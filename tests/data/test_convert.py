@@ -107,9 +107,9 @@ def test_coco_explicit_image_root_and_name_conflict(tmp_path):
     assert len(load_dataset(coco).samples) == 0  # images not found: reported, not fatal
     result = coco_to_yolo(coco, moved, tmp_path / "yolo")  # json named 'annotations': split defaults to train
     assert result.images == {"train": len(ITEMS)}
-    voc = make_voc(tmp_path / "voc")
+    voc = make_voc(tmp_path / "voc", splits={"train": ["a001", "a002"], "val": ["a003"]})
     with pytest.raises(UsageError, match="lists classes"):
-        voc_to_yolo(voc, tmp_path / "yolo", ["x", "y"])
+        voc_to_yolo(voc, tmp_path / "yolo", ["bird", "cat", "dog"])
 
 
 def test_images_are_hard_linked_or_copied(tmp_path):
