@@ -18,7 +18,9 @@ def train(
     cutoff: Optional[int] = typer.Option(None, "--cutoff", help="Load only layers before N (darknet53.conv.74: 75)."),
     img_size: int = typer.Option(416, "--img-size", "--img_size", help="Train/val input size (multiple of 32)."),
     multi_scale: Optional[List[int]] = typer.Option(None, "--multi-scale", help="MIN and MAX: a new size per batch (give twice)."),
-    batch_size: int = typer.Option(16, "--batch-size", "--batch_size", help="Images per step (gradients accumulate to 64)."),
+    batch_size: int = typer.Option(
+        16, "--batch-size", "--batch_size", help="Images per mini-batch (gradients accumulate to 64, or one epoch's when fewer)."
+    ),
     epochs: int = typer.Option(100, "--epochs", help="Epochs."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run folder from its last finished epoch."),
@@ -32,6 +34,10 @@ def train(
         None, "--lr0", help="Initial learning rate (default 0.01; 0.001 for quantization-aware training)."
     ),
     no_augment: bool = typer.Option(False, "--no-augment", help="Letterbox only."),
+    aug: Optional[List[str]] = typer.Option(
+        None, "--aug", help="Augmentation strength NAME=VALUE, repeatable: hsv_h, hsv_s, hsv_v, flip_lr, degrees, translate, "
+        "scale, shear, mosaic, min_object_px (README: augmentation).",
+    ),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (CUDA only)."),
     sparse: bool = typer.Option(False, "-sr", "--sr", "--sparse", help="Sparse training of BN γ."),
     s: float = typer.Option(0.001, "--s", help="Sparsity rate (per optimizer step)."),
@@ -75,7 +81,7 @@ def train(
     from edgeyolo.errors import UsageError
     from edgeyolo.log import track
     from edgeyolo.model.zoo import resolve_cfg
-    from edgeyolo.train.trainer import Trainer, TrainConfig
+    from edgeyolo.train.trainer import MIN_OPTIMIZER_STEPS, TrainConfig, Trainer
 
     def progress(items, description, total):
         return track(items, description, total)
@@ -125,6 +131,7 @@ def train(
             optimizer=optimizer,
             lr0=lr0,
             augment=not no_augment,
+            aug=parse_aug(aug or []),
             amp=amp,
             sparse=sparse,
             s=s,
@@ -185,6 +192,14 @@ def train(
                     f"below 1e-2: {fix} (README: sparse training)",
                     err=True,
                 )
+    schedule = trainer.schedule
+    typer.echo(schedule.describe(trainer.config, len(trainer.dataset)))
+    if schedule.total_steps < MIN_OPTIMIZER_STEPS:
+        typer.echo(
+            f"warning: {schedule.total_steps} optimizer steps are too few to learn (under {MIN_OPTIMIZER_STEPS}; "
+            f"README: training): train for more epochs, or lower --batch-size",
+            err=True,
+        )
     trainer.fit()
     best = trainer.best_record()
     if best is None:
@@ -196,6 +211,24 @@ def train(
         reached = "reached" if frac >= trainer.config.sr_target else "below"
         sparse = f", γ<1e-2 {frac:.1%} ({reached} the {trainer.config.sr_target:.0%} target)"
     typer.echo(f"done: best mAP@0.5 {best['map50']:.4f} at epoch {best['epoch']}{sparse}; weights in {trainer.run_dir}")
+
+
+def parse_aug(items: list[str]) -> dict:
+    """``--aug name=value`` options as the config's ``aug`` dict; names and ranges are checked by the
+    config (``TrainAugment``), the form here."""
+    from edgeyolo.errors import UsageError
+
+    values: dict = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        try:
+            if not sep or not name:
+                raise ValueError
+            values[name] = float(text)
+        except ValueError:
+            raise UsageError(f"--aug takes NAME=VALUE with a number, e.g. --aug scale=0.3; got '{item}'") from None
+    return values
 
 
 def register(app: typer.Typer) -> None:

@@ -73,7 +73,13 @@ _AUG_RANGES: dict[str, tuple[float, float, bool]] = {
     "scale": (0.0, 1.0, False),  # zoom 1 - scale must stay positive
     "shear": (0.0, 45.0, False),
     "mosaic": (0.0, 1.0, True),
+    "min_object_px": (0.0, 1024.0, True),
 }
+
+#: which objects ``min_object_px`` protects: this quantile of the training boxes' shorter side (in
+#: network-input pixels at the training size). A quantile rather than the minimum, because boxes cut
+#: by an image or tile edge are slivers of a few pixels and would forbid any zoom-out at all.
+SMALL_OBJECT_QUANTILE = 0.10
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,15 @@ class TrainAugment:
     ``hsv_h``: hue shift, a fraction of the hue circle (± this); ``hsv_s`` / ``hsv_v``: saturation /
     value gain 1 ± this; ``flip_lr``: probability of a horizontal flip; ``degrees``: rotation ± this;
     ``translate``: centre shift ± this fraction of the input size; ``scale``: zoom 1 ± this; ``shear``:
-    shear ± this many degrees (x and y); ``mosaic``: probability of a 4-image mosaic. ``enabled=False``
-    turns everything off (the contract letterbox only).
+    shear ± this many degrees (x and y); ``mosaic``: probability of a 4-image mosaic (a crop of the 2S
+    canvas, so objects keep their pixel size); ``min_object_px``: the zoom-out floor — a zoom never
+    shrinks the dataset's small objects (:data:`SMALL_OBJECT_QUANTILE` of the box sides) below this
+    many pixels (0: no floor). ``enabled=False`` turns everything off (the contract letterbox only).
+
+    The defaults were chosen on small aerial sets of small, dense objects (the README's augmentation
+    ablation): the Ultralytics strengths (``scale`` 0.5, ``hsv_s`` 0.7, ``hsv_v`` 0.4) zoom 18-px
+    objects to 9 px, below what a stride-16 head resolves, and wash out the colour that separates
+    them from their background. :data:`LEGACY_AUGMENT` keeps those strengths for runs made before.
     """
 
     hsv_h: float = 0.015
@@ -96,6 +109,7 @@ class TrainAugment:
     scale: float = 0.5
     shear: float = 0.0
     mosaic: float = 0.0
+    min_object_px: float = 0.0
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -116,10 +130,28 @@ class TrainAugment:
     def off(cls) -> TrainAugment:
         return cls(enabled=False)
 
+    @classmethod
+    def from_dict(cls, values: dict, enabled: bool = True) -> TrainAugment:
+        """Strengths by name (the config's ``aug`` dict, ``--aug name=value``), the rest default; an
+        unknown name is a :class:`UsageError` naming the known ones."""
+        unknown = sorted(set(values) - set(_AUG_RANGES))
+        if unknown:
+            raise UsageError(f"unknown augmentation '{unknown[0]}'; known: {', '.join(_AUG_RANGES)}")
+        return cls(enabled=enabled, **values)
+
+    def zoom_floor(self, small_px: float | None) -> float:
+        """The smallest zoom allowed for a dataset whose small objects measure ``small_px``: never
+        below ``1 - scale``, and never so low that those objects end under ``min_object_px``
+        (capped at 1: a set already below the floor is not zoomed out at all)."""
+        low = 1.0 - self.scale
+        if self.min_object_px > 0 and small_px:
+            low = max(low, min(self.min_object_px / small_px, 1.0))
+        return low
+
     @property
     def active(self) -> bool:
         """True when any augmentation can change a sample."""
-        return self.enabled and any(getattr(self, name) > 0 for name in _AUG_RANGES)
+        return self.enabled and any(getattr(self, name) > 0 for name in _AUG_RANGES if name != "min_object_px")
 
     @property
     def affine(self) -> bool:
@@ -128,6 +160,14 @@ class TrainAugment:
     @property
     def hsv(self) -> bool:
         return self.enabled and (self.hsv_h > 0 or self.hsv_s > 0 or self.hsv_v > 0)
+
+
+#: the strengths every run used before the defaults were chosen for small objects: a run whose
+#: config.json predates the ``aug`` field resumes with these, so it continues as it started
+LEGACY_AUGMENT: dict[str, float] = {
+    "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "flip_lr": 0.5, "degrees": 0.0, "translate": 0.1,
+    "scale": 0.5, "shear": 0.0, "mosaic": 0.0, "min_object_px": 0.0,
+}
 
 
 @dataclass(frozen=True)
@@ -315,6 +355,8 @@ class YoloTrainDataset(Dataset):
         self.channels = channels
         self.epoch = 0
         self._bad = _BadFlags(len(self.samples))
+        self.small_object_px = small_object_px(self.samples, self.img_size, channels)
+        self._zoom_low = self.augment.zoom_floor(self.small_object_px)
         self._cache: ImageCache | None = None
         if cache:
             hint = sum(3 * sample.width * sample.height for sample in self.samples)
@@ -400,7 +442,7 @@ class YoloTrainDataset(Dataset):
             flip=bool(on and u[1] < aug.flip_lr),
             hsv=hsv,
             angle=float(sym[5] * aug.degrees) if on else 0.0,
-            zoom=float(1.0 + sym[6] * aug.scale) if on else 1.0,
+            zoom=self._zoom(u[6], sym[6]) if on else 1.0,
             shear_x=float(sym[7] * aug.shear) if on else 0.0,
             shear_y=float(sym[8] * aug.shear) if on else 0.0,
             shift_x=float(0.5 + sym[9] * aug.translate) if on else 0.5,
@@ -408,6 +450,14 @@ class YoloTrainDataset(Dataset):
             centre=(float(0.25 + 0.5 * u[11]), float(0.25 + 0.5 * u[12])),
             partners=partners,
         )
+
+    def _zoom(self, u: float, sym: float) -> float:
+        """Zoom from its uniform draw: 1 ± scale, or [floor, 1 + scale] when the small-object floor
+        binds (the first form kept as it was, so draws without a floor are unchanged)."""
+        aug = self.augment
+        if self._zoom_low <= 1.0 - aug.scale:
+            return float(1.0 + sym * aug.scale)
+        return float(self._zoom_low + u * (1.0 + aug.scale - self._zoom_low))
 
     def _partners(self, rng: np.random.Generator, index: int) -> tuple[int, ...]:
         """Three other images, distinct while the dataset has enough of them."""
@@ -543,6 +593,30 @@ class YoloTrainDataset(Dataset):
         shift = np.eye(3)
         shift[:2, 2] = (d.shift_x * size, d.shift_y * size)
         return shift @ shear @ rot @ centre
+
+
+def small_object_px(samples: Sequence[Sample], size: int, channels: int = 3) -> float | None:
+    """The :data:`SMALL_OBJECT_QUANTILE` of the boxes' shorter side in network-input pixels after the
+    contract letterbox at ``size`` (None without boxes): the objects the zoom-out floor protects."""
+    from edgeyolo.data.formats import read_image_size
+
+    contract = _contract(size, channels)
+    sides = []
+    for sample in samples:
+        boxes = sample.annotation.boxes.reshape(-1, 4)
+        if not len(boxes):
+            continue
+        w, h = sample.width, sample.height
+        if not (w and h):
+            known = read_image_size(sample.image)
+            if known is None:
+                continue
+            w, h = known
+        _, _, lb = contract.letterbox_geometry(h, w)
+        sides.append(np.minimum((boxes[:, 2] - boxes[:, 0]) * lb.scale_x, (boxes[:, 3] - boxes[:, 1]) * lb.scale_y))
+    if not sides:
+        return None
+    return float(np.quantile(np.concatenate(sides), SMALL_OBJECT_QUANTILE))
 
 
 def _area(boxes: np.ndarray) -> np.ndarray:
@@ -742,10 +816,12 @@ def letterbox_boxes(boxes_xyxy: np.ndarray, box: Letterbox) -> np.ndarray:
 
 
 __all__ = [
+    "LEGACY_AUGMENT",
     "MAX_ASPECT",
     "MIN_AREA_FRAC",
     "MIN_BOX_PX",
     "PAD_VALUE",
+    "SMALL_OBJECT_QUANTILE",
     "TrainAugment",
     "YoloTrainDataset",
     "collate",
@@ -753,4 +829,5 @@ __all__ = [
     "letterbox_boxes",
     "letterbox_image",
     "make_loader",
+    "small_object_px",
 ]

@@ -65,13 +65,16 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     threads: int = 0
-    nominal_batch: int = 64
+    nominal_batch: int = 64  # gradients accumulate to this many images, at most one epoch's (see RunSchedule)
     optimizer: str = "sgd"
     lr0: float = 0.01
     lrf: float = 0.05  # final LR factor of the cosine schedule
     momentum: float = 0.937
     weight_decay: float = 5e-4
-    burn_in: int = 300  # warm-up iterations (at least one epoch's worth is not required)
+    burn_in: int = 300  # warm-up mini-batches, at most burn_in_fraction of the run (see RunSchedule)
+    burn_in_fraction: float = 0.1
+    schedule: str = "scaled"  # "fixed": the nominal batch and burn-in as configured, whatever the data (runs made before)
+    aug: dict = field(default_factory=dict)  # augmentation strengths by name (TrainAugment), the rest default
     ema: bool = True
     amp: bool = False
     augment: bool = True
@@ -109,6 +112,14 @@ class TrainConfig:
             raise UsageError(f"--multi-scale needs MIN <= MAX, both multiples of 32, got {self.multi_scale}")
         if self.batch_size <= 0 or self.epochs <= 0:
             raise UsageError("--batch-size and --epochs must be positive")
+        if self.schedule not in ("scaled", "fixed"):
+            raise UsageError(f"schedule must be scaled or fixed, got '{self.schedule}'")
+        if not 0.0 <= self.burn_in_fraction <= 1.0 or self.burn_in < 0 or self.nominal_batch <= 0:
+            raise UsageError(
+                f"burn_in must be >= 0, burn_in_fraction in [0, 1] and nominal_batch positive, got "
+                f"{self.burn_in}, {self.burn_in_fraction:g} and {self.nominal_batch}"
+            )
+        self.augment_spec()  # validates the names and strengths
         if self.optimizer not in ("sgd", "adam"):
             raise UsageError(f"--optimizer must be sgd or adam, got '{self.optimizer}'")
         if self.prune not in (0, 1, 2):
@@ -139,6 +150,14 @@ class TrainConfig:
         edge = self.edge_bits if self.edge_bits is not None else (8 if min(self.w_bit, self.a_bit) < 8 else 0)
         return QuantSpec(scheme=self.quantized, w_bit=self.w_bit, a_bit=self.a_bit, bn_fold=self.bn_fold, edge_bits=edge or None)
 
+    def augment_spec(self):
+        """The augmentation (an ``edgeyolo.train.data.TrainAugment``): ``aug`` over the defaults."""
+        from edgeyolo.train.data import TrainAugment
+
+        if not isinstance(self.aug, dict):
+            raise UsageError(f"aug must map augmentation names to strengths, got {self.aug!r}")
+        return TrainAugment.from_dict(self.aug, enabled=self.augment)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
@@ -147,6 +166,14 @@ class TrainConfig:
         data = json.loads(text)
         if data.get("multi_scale"):
             data["multi_scale"] = tuple(data["multi_scale"])
+        # a run written before the schedule scaled with the data and before the augmentation
+        # defaults changed resumes with what it started with
+        if "schedule" not in data:
+            data["schedule"] = "fixed"
+        if "aug" not in data:
+            from edgeyolo.train.data import LEGACY_AUGMENT
+
+            data["aug"] = dict(LEGACY_AUGMENT)
         return cls(**data)
 
 
@@ -181,12 +208,65 @@ class ModelEMA:
         torch._foreach_add_(ema, src, alpha=1 - d)
 
 
-def lr_factor(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> tuple[float, float]:
-    """(lr factor, momentum) at a step: linear burn-in, then cosine from 1 to ``lrf`` per epoch."""
+#: below this many optimizer steps a run is warned that it is too short to learn; chosen from the
+#: README's tree-tile runs (yolov3-tiny -pt): 22 steps reached mAP@0.5 0.031, 180 steps 0.166
+MIN_OPTIMIZER_STEPS = 100
+
+
+@dataclass(frozen=True)
+class RunSchedule:
+    """How a run turns mini-batches into optimizer steps: a pure function of the config and the
+    epoch's mini-batch count, so a resume re-derives it exactly.
+
+    With ``schedule="scaled"`` gradients accumulate to the nominal batch but never over more than
+    one epoch's mini-batches, so a small set still steps every epoch; its effective nominal batch is
+    smaller, and the weight decay is scaled with it (the loss is summed over images, so a step's data
+    gradient grows with the images it holds and the decay must keep pace). The burn-in is
+    ``burn_in`` mini-batches but at most ``burn_in_fraction`` of the run: 300 fixed iterations are
+    the whole of a 60-epoch run of 3 mini-batches. ``"fixed"`` is the behaviour of runs made before.
+    """
+
+    batches_per_epoch: int
+    accumulate: int  # mini-batches per optimizer step
+    steps_per_epoch: int  # optimizer steps
+    total_steps: int
+    nominal_batch: int  # images per optimizer step (the last step of an epoch may hold fewer)
+    burn_in: int  # warm-up, in mini-batches
+    weight_decay: float
+
+    @classmethod
+    def plan(cls, config: TrainConfig, batches_per_epoch: int) -> RunSchedule:
+        batches = max(int(batches_per_epoch), 1)
+        accumulate = max(round(config.nominal_batch / config.batch_size), 1)
+        burn_in, decay = config.burn_in, config.weight_decay
+        if config.schedule == "scaled":
+            accumulate = min(accumulate, batches)
+            burn_in = min(burn_in, int(config.burn_in_fraction * config.epochs * batches))
+            decay = config.weight_decay * accumulate * config.batch_size / config.nominal_batch
+        steps = math.ceil(batches / accumulate)
+        return cls(batches, accumulate, steps, steps * config.epochs, accumulate * config.batch_size, burn_in, decay)
+
+    @property
+    def burn_in_steps(self) -> int:
+        return math.ceil(self.burn_in / self.accumulate)
+
+    def describe(self, config: TrainConfig, images: int) -> str:
+        return (
+            f"schedule: {images} images, {self.batches_per_epoch} mini-batches of {config.batch_size} per epoch, "
+            f"gradients accumulated over {self.accumulate} (nominal batch {self.nominal_batch}, weight decay "
+            f"{self.weight_decay:.3g}): {self.steps_per_epoch} optimizer step{'s' if self.steps_per_epoch > 1 else ''} "
+            f"per epoch, {self.total_steps} in the run, the first {self.burn_in_steps} warming up"
+        )
+
+
+def lr_factor(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int, burn_in: int | None = None) -> tuple[float, float]:
+    """(lr factor, momentum) at a mini-batch: linear burn-in over ``burn_in`` mini-batches (default
+    the config's), then cosine from 1 to ``lrf`` per epoch."""
+    burn_in = config.burn_in if burn_in is None else burn_in
     cosine = config.lrf + (1 - config.lrf) * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
     it = epoch * steps_per_epoch + step
-    if it < config.burn_in:
-        x = it / max(config.burn_in, 1)
+    if it < burn_in:
+        x = it / max(burn_in, 1)
         return cosine * x, 0.8 + (config.momentum - 0.8) * x
     return cosine, config.momentum
 
@@ -231,7 +311,7 @@ class Trainer:
         on_epoch: Callable[[EpochRecord], None] | None = None,
     ):
         from edgeyolo.data.formats import load_dataset
-        from edgeyolo.train.data import TrainAugment, YoloTrainDataset
+        from edgeyolo.train.data import YoloTrainDataset
 
         self.config = config
         self.progress = progress
@@ -289,10 +369,11 @@ class Trainer:
             model = prepare_qat(model, self.quant_spec)
             self._calibrate_qat(model)
         self.model: Darknet = model.to(self.device).train()
-        augment = TrainAugment(enabled=config.augment)
+        augment = config.augment_spec()
         self.dataset = YoloTrainDataset(
             self.train_set, config.img_size, augment if config.augment else None, seed=config.seed, cache=config.cache, channels=model.cfg.net.channels
         )
+        self.schedule = RunSchedule.plan(config, math.ceil(math.ceil(len(self.dataset) / self.world) / self.per_rank_batch))
         self._loader = None  # one loader for the run: its workers persist across epochs
         self.criterion = YoloLoss(self.model, LossConfig(**config.loss))
         self.distiller = None
@@ -348,7 +429,7 @@ class Trainer:
             opt = torch.optim.Adam([{"params": no_decay, "weight_decay": 0.0}], lr=c.lr0, betas=(c.momentum, 0.999))
         else:
             opt = torch.optim.SGD([{"params": no_decay, "weight_decay": 0.0}], lr=c.lr0, momentum=c.momentum, nesterov=True)
-        opt.add_param_group({"params": decay, "weight_decay": c.weight_decay})
+        opt.add_param_group({"params": decay, "weight_decay": self.schedule.weight_decay})
         return opt
 
     def _calibrate_qat(self, model: Darknet) -> None:
@@ -455,8 +536,8 @@ class Trainer:
 
     @property
     def accumulate(self) -> int:
-        """Mini-batches per optimizer step: gradients accumulate to the nominal batch."""
-        return max(round(self.config.nominal_batch / self.config.batch_size), 1)
+        """Mini-batches per optimizer step (:class:`RunSchedule`)."""
+        return self.schedule.accumulate
 
     def _batches(self, epoch: int):
         """The epoch's batches from the run's single loader.
@@ -527,13 +608,13 @@ class Trainer:
         c = self.config
         if not self.sparsity or c.optimizer != "sgd":
             return None
-        steps = math.ceil(math.ceil(len(self.dataset) / self.world) / self.per_rank_batch)
+        steps = self.schedule.batches_per_epoch
         accumulate = self.accumulate
         total, buf = 0.0, None
         for epoch in range(c.epochs):
             for step in range(steps):
                 if (step + 1) % accumulate == 0 or step + 1 == steps:
-                    factor, momentum = lr_factor(c, epoch, step, steps)
+                    factor, momentum = lr_factor(c, epoch, step, steps, self.schedule.burn_in)
                     buf = 1.0 if buf is None else momentum * buf + 1.0
                     total += c.lr0 * factor * (1.0 + momentum * buf)  # Nesterov: g + m · buf
         return c.s * total
@@ -556,7 +637,7 @@ class Trainer:
         ready = time.perf_counter()
         for step, (images, targets, _) in enumerate(batches):
             waited += time.perf_counter() - ready
-            factor, momentum = lr_factor(c, epoch, step, steps)
+            factor, momentum = lr_factor(c, epoch, step, steps, self.schedule.burn_in)
             lr = c.lr0 * factor
             for group in self.optimizer.param_groups:
                 group["lr"] = lr

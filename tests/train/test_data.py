@@ -24,6 +24,7 @@ from edgeyolo.train.data import (
     letterbox_boxes,
     letterbox_image,
     make_loader,
+    small_object_px,
 )
 
 NO_COLOUR = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}
@@ -79,6 +80,14 @@ def test_augment_defaults_and_validation() -> None:
             TrainAugment(**bad)
     with pytest.raises(AttributeError):
         aug.scale = 0.1  # frozen
+
+
+def test_augment_from_a_dict_names_the_unknown_strength() -> None:
+    assert TrainAugment.from_dict({"scale": 0.3}).scale == 0.3
+    with pytest.raises(UsageError, match="unknown augmentation 'scal'; known: hsv_h"):
+        TrainAugment.from_dict({"scal": 0.3})
+    with pytest.raises(UsageError, match="min_object_px"):
+        TrainAugment.from_dict({"min_object_px": -1})
 
 
 def test_dataset_arguments_are_checked(synth: DetectionDataset) -> None:
@@ -257,6 +266,60 @@ def test_mosaic_takes_boxes_from_four_images(tmp_path: Path) -> None:
                     assert np.allclose(inner.mean((1, 2)).numpy(), rgb[cls], atol=0.02)
             best = max(best, len(set(targets[:, 0].int().tolist())))
     assert best == 4
+
+
+def square_objects(folder: Path, side: int, count: int = 6, size: int = 128) -> DetectionDataset:
+    """``count`` images of ``size`` px, each with one white square of ``side`` px in its middle."""
+    lo = (size - side) // 2
+    box = (lo, lo, lo + side, lo + side)
+    return hand_dataset(folder, [(rect_image(size, size, box), [box], [0]) for _ in range(count)])
+
+
+def test_small_object_size_is_measured_at_the_training_input(tmp_path: Path) -> None:
+    data = hand_dataset(tmp_path, [(rect_image(256, 128, (0, 0, 40, 60)), [[0, 0, 40, 60]], [0])])
+    assert small_object_px(data.samples, 128) == pytest.approx(20.0)  # letterboxed at half size
+    assert small_object_px(DetectionDataset([], ["a"]).samples, 128) is None
+
+
+def test_zoom_out_never_shrinks_small_objects_below_the_floor(tmp_path: Path) -> None:
+    data = square_objects(tmp_path, 20)
+    still = {**STILL, "translate": 0.0}
+    floored = YoloTrainDataset(data, 128, TrainAugment(**NO_COLOUR, **{**still, "scale": 0.9, "min_object_px": 14}), seed=2)
+    free = YoloTrainDataset(data, 128, TrainAugment(**NO_COLOUR, **{**still, "scale": 0.9}), seed=2)
+    assert floored.small_object_px == pytest.approx(20.0)
+    low = {"floored": [], "free": []}
+    for epoch in range(30):
+        for name, ds in (("floored", floored), ("free", free)):
+            ds.set_epoch(epoch)
+            for i in range(len(ds)):
+                _, targets, _ = ds[i]
+                low[name].append(float(targets[:, 3:5].min()) * 128 if len(targets) else np.inf)
+    assert min(low["floored"]) >= 14.0 - 1e-6
+    assert min(low["free"]) < 10.0  # the floor is what holds them up
+    assert max(low["floored"]) > 20.0 * 1.5  # zooming in is left alone
+
+
+def test_a_floor_above_the_objects_turns_zoom_out_off(tmp_path: Path) -> None:
+    ds = YoloTrainDataset(square_objects(tmp_path, 20), 128, TrainAugment(**NO_COLOUR, **{**STILL, "scale": 0.5, "min_object_px": 32}))
+    zooms = [ds.draws(i, epoch).zoom for epoch in range(20) for i in range(len(ds))]
+    assert min(zooms) >= 1.0 and max(zooms) > 1.2
+
+
+def test_mosaic_crops_the_canvas_so_objects_keep_their_pixel_size(tmp_path: Path) -> None:
+    side = 24
+    ds = YoloTrainDataset(square_objects(tmp_path, side, count=8), 128, TrainAugment(**NO_COLOUR, **{**STILL, "mosaic": 1.0}), seed=3)
+    full = 0
+    for epoch in range(10):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            _, targets, _ = ds[i]
+            for x1, y1, x2, y2 in xyxy_pixels(targets, 128):
+                w, h = x2 - x1, y2 - y1
+                assert w <= side + 1e-4 and h <= side + 1e-4  # never enlarged
+                # boxes under full size were cut by the crop or their tile's edge; a 2S canvas resized
+                # to S would leave none at full size (all at half)
+                full += abs(w - side) < 1e-4 and abs(h - side) < 1e-4
+    assert full >= 20
 
 
 # ------------------------------------------------------------------------------- failures

@@ -1,5 +1,6 @@
 """Training runs end to end, resumes bit-exactly after SIGKILL, stops cleanly on NaN, runs under DDP."""
 import csv
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import parse_cfg_text
 from edgeyolo.model.checkpoint import load_pretrained
 from edgeyolo.model.darknet import Darknet
-from edgeyolo.train.trainer import TrainConfig, Trainer, TrainingDiverged
+from edgeyolo.train.trainer import MIN_OPTIMIZER_STEPS, RunSchedule, TrainConfig, Trainer, TrainingDiverged, lr_factor
 from tests.conftest import cfg_path
 from tests.train.resume import assert_same_weights, straight_and_resumed
 
@@ -50,6 +51,9 @@ def test_run_folder_contents(synth, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert all(float(r["loss_obj"]) > 0 for r in rows)
     assert proc.stdout.count("epoch ") >= 2 and "mAP@.5" in proc.stdout
+    # 24 images in mini-batches of 8 for 2 epochs: one optimizer step per epoch, far too few
+    assert "1 optimizer step per epoch, 2 in the run" in proc.stdout
+    assert f"warning: 2 optimizer steps are too few to learn (under {MIN_OPTIMIZER_STEPS}" in proc.stderr
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -307,3 +311,81 @@ def test_epoch_record_measures_the_wait_for_batches(synth, tmp_path):
     assert delayed.data_wait * delayed.seconds >= 0.2 * steps
     assert fast.data_wait < delayed.data_wait
     assert f"data wait {delayed.data_wait:.0%}" in delayed.line()
+
+
+def test_a_small_set_makes_optimizer_steps_every_epoch(tmp_path):
+    """23 images in mini-batches of 8 (3 per epoch) against a nominal batch of 64: gradients
+    accumulate over that epoch's batches at most, so every epoch steps the optimizer."""
+    synth23 = make_synthetic(tmp_path / "ds", classes=2, train=23, val=2, img_size=64, seed=1).data_yaml
+    config = TrainConfig(
+        data=str(synth23), cfg=str(cfg_path("edgeyolo-mobile")), img_size=64, batch_size=8, epochs=3, workers=0,
+        out=str(tmp_path), name="small", threads=1,
+    )
+    trainer = Trainer(config)
+    plan = trainer.schedule
+    assert plan.batches_per_epoch == 3 and 1 <= plan.accumulate <= 3
+    assert plan.steps_per_epoch >= 1 and plan.total_steps == 3 * plan.steps_per_epoch
+    assert plan.nominal_batch <= 24
+    # the summed loss makes a step's data gradient proportional to its images: the decay follows
+    assert plan.weight_decay == pytest.approx(config.weight_decay * plan.nominal_batch / 64)
+    assert trainer.optimizer.param_groups[1]["weight_decay"] == plan.weight_decay
+    trainer.validate = lambda: None
+    steps = []
+    step = trainer.optimizer.step
+
+    def counted(*args, **kwargs):
+        steps.append(1)
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = counted
+    for epoch in range(3):
+        before = len(steps)
+        trainer.train_epoch(epoch, trainer.accumulate)
+        assert len(steps) - before == plan.steps_per_epoch >= 1
+    assert trainer.ema.updates == len(steps)
+
+
+@pytest.mark.parametrize("images,batch,epochs", [(23, 8, 60), (23, 8, 3), (30, 8, 400), (2000, 16, 100), (2000, 16, 2), (7, 16, 1)])
+def test_warm_up_is_a_bounded_fraction_of_the_run(images, batch, epochs):
+    config = TrainConfig(data="d", batch_size=batch, epochs=epochs)
+    batches = -(-images // batch)
+    plan = RunSchedule.plan(config, batches)
+    run = epochs * batches
+    assert plan.burn_in <= config.burn_in and plan.burn_in <= config.burn_in_fraction * run
+    assert plan.burn_in_steps <= max(config.burn_in_fraction * plan.total_steps, 1) + 1
+    assert 1 <= plan.accumulate <= batches and plan.steps_per_epoch >= 1
+    # the learning rate is full from the end of the warm-up on (cosine aside)
+    epoch, step = divmod(plan.burn_in, batches)
+    if epoch < epochs:
+        full, _ = lr_factor(config, epoch, step, batches, plan.burn_in)
+        cosine, _ = lr_factor(config, epoch, step, batches, 0)
+        assert full == cosine
+
+
+def test_a_large_set_keeps_the_nominal_batch_and_burn_in():
+    config = TrainConfig(data="d", batch_size=16, epochs=40)
+    plan = RunSchedule.plan(config, 125)
+    assert (plan.accumulate, plan.nominal_batch, plan.burn_in, plan.weight_decay) == (4, 64, 300, config.weight_decay)
+
+
+def test_a_config_written_before_the_scaled_schedule_resumes_as_it_started():
+    old = TrainConfig.from_json(json.dumps({"data": "d", "batch_size": 8, "epochs": 60}))
+    assert old.schedule == "fixed" and old.augment_spec().scale == 0.5 and old.augment_spec().hsv_s == 0.7
+    plan = RunSchedule.plan(old, 3)
+    assert (plan.accumulate, plan.burn_in, plan.weight_decay) == (8, 300, old.weight_decay)
+    new = TrainConfig(data="d", aug={"scale": 0.3})
+    assert TrainConfig.from_json(new.to_json()) == new
+
+
+@pytest.mark.parametrize("option,message", [
+    ("scale=1.5", "augment 'scale' must lie in [0, 1), got 1.5"),
+    ("scal=0.3", "unknown augmentation 'scal'; known: hsv_h"),
+    ("scale", "--aug takes NAME=VALUE with a number, e.g. --aug scale=0.3; got 'scale'"),
+    ("scale=big", "got 'scale=big'"),
+])
+def test_a_bad_aug_option_is_a_one_line_error(synth, tmp_path, option, message):
+    proc = subprocess.run(CLI + base_args(synth, tmp_path, 1) + ["--aug", "hsv_s=0.3", "--aug", option], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
