@@ -1,4 +1,4 @@
-"""``edgeyolo data convert|check|stats|anchors``: dataset conversion, health checks, box stats, anchors.
+"""``edgeyolo data convert|tile|check|stats|anchors``: dataset conversion, tiling, health checks, box stats, anchors.
 
 Label problems are printed as ``file:line: message`` lines and never fail a command; only a dataset
 that cannot be read at all (an ``EdgeYoloError``) gives a non-zero exit.
@@ -101,6 +101,50 @@ def convert_cmd(
     counts = ", ".join(f"{split_}: {result.images[split_]} images / {result.boxes.get(split_, 0)} boxes" for split_ in result.images)
     target = result.data_yaml if dst_format == "yolo" else result.out
     typer.echo(f"wrote {target} ({len(result.names)} classes: {', '.join(result.names)}; {counts}; {len(result.issues)} issue(s))")
+
+
+# ------------------------------------------------------------------------------------------ tile
+
+
+@app.command("tile")
+def tile_cmd(
+    src: Path = typer.Option(..., "--src", help="Large annotated images: VOC xml file / folder / root, COCO json, or a YOLO dataset (.yaml / .data)."),
+    out: Path = typer.Option(..., "--out", help="New (or empty) folder for the tiled YOLO dataset."),
+    size: int = typer.Option(416, "--size", help="Tile side in pixels (tiles may be smaller than the training size)."),
+    overlap: str = typer.Option("0.2", "--overlap", help="Overlap of neighbouring tiles: a fraction of --size (0.2) or pixels (64, 64px)."),
+    min_visible: float = typer.Option(0.5, "--min-visible", help="Keep a clipped box when at least this fraction of its area is in the tile."),
+    val_region: Optional[str] = typer.Option(None, "--val-region", help="X0,Y0,X1,Y1 (pixels): this rectangle of each image is val, tiled on its own."),
+    val_below: Optional[int] = typer.Option(None, "--val-below", help="Rows y >= this (pixels) are val, tiled on their own."),
+    gap: int = typer.Option(0, "--gap", help="Band of this many px around the val region left out of train."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Instead of a region: whole images to val by a stable hash."),
+    names: Optional[Path] = NamesOpt,
+    class_map: Optional[list[str]] = MapOpt,
+    drop_unknown: bool = DropUnknownOpt,
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder (COCO json; VOC xml whose images are elsewhere)."),
+    max_issues: int = MaxIssuesOpt,
+) -> None:
+    """Cut large annotated images into tiles: a YOLO dataset split by region (no object in two splits)."""
+    from edgeyolo.data.tile import TileConfig, parse_overlap, parse_region, tile_dataset
+
+    config = TileConfig(
+        size=size,
+        overlap=parse_overlap(overlap, size) if size > 0 else 0,
+        min_visible=min_visible,
+        val_region=parse_region(val_region) if val_region is not None else None,
+        val_below=val_below,
+        gap=gap,
+        val_fraction=val_fraction,
+    )
+    result = tile_dataset(src, out, config, names, class_map=class_map, drop_unknown=drop_unknown, image_root=images)
+    _print_issues(result.issues, max_issues)
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"tiles of {config.size} px, overlap {config.overlap} px, boxes kept at >= {config.min_visible:g} visible")
+    for split, c in result.counts.items():
+        what = "image" if split == "val_region" else "tiles"
+        typer.echo(f"  {split}: {c.images} {what}, {c.boxes} boxes of {c.objects} objects ({c.whole} seen whole)")
+    typer.echo(f"objects in both train and val: {result.shared_objects}")
+    typer.echo(f"wrote {result.data_yaml} ({len(result.names)} classes: {', '.join(result.names)}; {len(result.issues)} issue(s))")
 
 
 # ------------------------------------------------------------------------------------------ check

@@ -290,7 +290,9 @@ def _write_names_and_yaml(folder: Path, out: Path, names: list[str], category_id
     """``classes.names`` and ``data.yaml`` in ``folder`` (the yaml's ``path`` is the final ``out``)."""
     import yaml
 
-    atomic_write_text(folder / NAMES_FILE, "".join(n + "\n" for n in names))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(atomic_write_text(folder / NAMES_FILE, "".join(n + "\n" for n in names)), 0o666 & ~umask)
     data: dict = {"path": str(out)}
     present = sorted(p.name for p in (folder / "images").iterdir() if p.is_dir()) if (folder / "images").is_dir() else []
     for split in [*(s for s in SPLITS if s in present), *(s for s in present if s not in SPLITS)]:
@@ -303,7 +305,9 @@ def _write_names_and_yaml(folder: Path, out: Path, names: list[str], category_id
     if extra:
         data.update(extra)
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    return atomic_write_text(folder / "data.yaml", text)
+    path = atomic_write_text(folder / "data.yaml", text)
+    os.chmod(path, 0o666 & ~umask)
+    return path
 
 
 def _hash_value(stem: str) -> float:
