@@ -12,17 +12,24 @@ shared by a team without leaking anything.
         key_file: ~/.ssh/id_ed25519
         workdir: edgeyolo            # relative to the login directory, or absolute
         python: python3
+      orin:
+        host: orin                   # an alias of ~/.ssh/config: HostName, Port, User, IdentityFile
+        target: jetson-orin-nano     # and ProxyJump come from there unless set here
+
+The board lock is a file outside the workdir (``lock_file``, default ``/tmp/edgeyolo-board.lock``)
+so that every workdir and every Unix user on a board share it.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edgeyolo.errors import InputFileError, UsageError
 
 ENV_INVENTORY = "EDGEYOLO_DEVICES"
+DEFAULT_LOCK_FILE = "/tmp/edgeyolo-board.lock"
 DEFAULT_LOCATIONS = (Path("devices.yaml"), Path("~/.config/edgeyolo/devices.yaml"))
 
 
@@ -42,6 +49,11 @@ class Device:
     connect_timeout: float = 10.0
     command_timeout: float = 600.0
     transfer_timeout: float = 60.0  # seconds without progress before an upload is abandoned
+    ssh_config: str = "~/.ssh/config"  # read for host aliases ('' to ignore it)
+    proxy_jump: str | None = None  # [user@]host[:port],...; overrides the ssh config's ProxyJump ('none': direct)
+    lock_file: str = DEFAULT_LOCK_FILE  # on the board, shared by every workdir and user
+    # the keys the inventory entry spelled out: those win over ~/.ssh/config even at their default value
+    given: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name or not self.host:
@@ -50,9 +62,16 @@ class Device:
             raise UsageError(f"device '{self.name}': port must be an integer in 1..65535, got {self.port!r}")
         if not self.workdir or self.workdir.strip() in ("/", "~", "."):
             raise UsageError(f"device '{self.name}': workdir must be a dedicated folder, got {self.workdir!r}")
+        if not self.lock_file or not self.lock_file.startswith("/"):
+            raise UsageError(f"device '{self.name}': lock_file must be an absolute path on the board, got {self.lock_file!r}")
         for key in ("connect_timeout", "command_timeout", "transfer_timeout"):
             if float(getattr(self, key)) <= 0:
                 raise UsageError(f"device '{self.name}': {key} must be positive")
+
+    def is_set(self, key: str) -> bool:
+        """Whether the inventory chose this field (named in the entry, or not at its default)."""
+        default = next(f.default for f in fields(self) if f.name == key)
+        return key in self.given or getattr(self, key) != default
 
     @property
     def address(self) -> str:
@@ -63,7 +82,7 @@ class Device:
         """The workdir as the board's shell and SFTP both understand it (``~/`` stripped: relative
         paths resolve against the login directory in both)."""
         w = self.workdir
-        return w[2:] if w.startswith("~/") else w
+        return w.removeprefix("~/")
 
     def secret(self, which: str) -> str | None:
         """The passphrase or password from its environment variable (never stored, never logged)."""
@@ -71,7 +90,7 @@ class Device:
         return os.environ.get(var) if var else None
 
 
-_FIELDS = {f.name for f in fields(Device)} - {"name"}
+_FIELDS = {f.name for f in fields(Device)} - {"name", "given"}
 
 
 def default_inventory_path() -> Path:
@@ -104,7 +123,7 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> dict[str, Device]
         if unknown:
             raise InputFileError(f"{source}: device '{name}': unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
         try:
-            out[str(name)] = Device(name=str(name), **entry)
+            out[str(name)] = Device(name=str(name), given=frozenset(entry), **entry)
         except TypeError as exc:
             raise InputFileError(f"{source}: device '{name}': {exc}") from None
     return out

@@ -51,6 +51,8 @@ from edgeyolo.errors import (
 )
 from edgeyolo.model.io import sha256_file as sha256_of  # noqa: F401 - part of this module's API
 from edgeyolo.targets.inventory import Device
+from edgeyolo.targets.knownhosts import KnownHosts, Verdict, add_host_key, host_name
+from edgeyolo.targets.sshconfig import Hop, resolve
 
 log = logging.getLogger(__name__)
 
@@ -151,169 +153,243 @@ def key_fingerprint(key: Any) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
 
-def known_hosts_name(host: str, port: int) -> str:
-    return host if port == 22 else f"[{host}]:{port}"
+known_hosts_name = host_name
 
 
-def record_host_key(path: Path, host: str, port: int, key: Any) -> None:
-    """Add (or replace) the host's key in a known_hosts file, written atomically."""
-    import paramiko
-
-    keys = paramiko.HostKeys()
-    if path.is_file():
-        keys.load(str(path))
-    name = known_hosts_name(host, port)
-    if name in keys:
-        del keys[name]  # a changed key replaces every old key type of the host
-    keys.add(name, key.get_name(), key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    keys.save(str(tmp))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+def record_host_key(path: Path, host: str, port: int, key: Any, replace: bool = False) -> None:
+    """Add the host's key to a known_hosts file: appended under a lock, every other byte kept."""
+    add_host_key(path, host_name(host, port), key.get_name(), key.asbytes(), replace=replace)
 
 
-class _Unknown(Exception):
-    def __init__(self, key: Any):
+class _HostKeyVerdict(Exception):
+    def __init__(self, key: Any, verdict: Verdict):
         self.key = key
+        self.verdict = verdict
 
 
-def _policy() -> Any:
+def _policy(known: KnownHosts, name: str) -> Any:
+    """Every key paramiko sees goes through here (the client itself is given no known keys), so
+    the check is ours: revoked, known, changed or unknown."""
     import paramiko
 
-    class RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    class Check(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-            raise _Unknown(key)
+            verdict = known.check(name, key.asbytes())
+            if verdict.status != "known":
+                raise _HostKeyVerdict(key, verdict)
 
-    return RefuseUnknown()
+    return Check()
+
+
+# the server host key algorithms that present a key of a known_hosts key type
+_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
+
+
+def _fast_transport(prefer_keys: Sequence[str] = ()) -> Callable[..., Any]:
+    """A paramiko transport factory preferring AES-GCM when the server offers it (its AEAD path
+    skips the separate HMAC and roughly doubles upload speed, bench deploy-throughput) and asking
+    for a host key of a type known_hosts holds for the host, as OpenSSH does."""
+
+    def make(sock: Any, **kwargs: Any) -> Any:
+        import paramiko
+
+        t = paramiko.Transport(sock, **kwargs)
+        options = t.get_security_options()
+        offered = tuple(options.ciphers)
+        options.ciphers = tuple(c for c in offered if "gcm" in c) + tuple(c for c in offered if "gcm" not in c)
+        wanted = [a for k in prefer_keys for a in _ALGORITHMS.get(k, (k,))]
+        types = tuple(options.key_types)
+        options.key_types = tuple(a for a in wanted if a in types) + tuple(a for a in types if a not in wanted)
+        return t
+
+    return make
 
 
 # ------------------------------------------------------------------------------------ SSH driver
 
 
-def _fast_transport(sock: Any, **kwargs: Any) -> Any:
-    """A paramiko transport preferring AES-GCM when the server offers it: its AEAD path skips the
-    separate HMAC and roughly doubles upload speed in measurements (bench deploy-throughput)."""
-    import paramiko
-
-    t = paramiko.Transport(sock, **kwargs)
-    options = t.get_security_options()
-    offered = tuple(options.ciphers)
-    options.ciphers = tuple(c for c in offered if "gcm" in c) + tuple(c for c in offered if "gcm" not in c)
-    return t
-
-
 class SshTransport(Transport):
-    """The board over SSH (paramiko): commands on exec channels, files over SFTP."""
+    """The board over SSH (paramiko): commands on exec channels, files over SFTP. The device's host
+    may be an alias of ``~/.ssh/config``, reached through its ProxyJump hosts."""
 
     def __init__(self, device: Device, trust_new_host_key: bool = False, on_stderr: LineSink | None = None):
         self.device = device
         self.trust_new_host_key = trust_new_host_key
         self.on_stderr = on_stderr
         self._client: Any = None
+        self._jumps: list[Any] = []
         self._sftp: Any = None
         self.host_key_fingerprint = ""
+        self.hop, self.jump_hops = resolve(device)
         self._connect()
 
     # -------------------------------------------------------------- connection
 
     def _connect(self) -> None:
+        sock = None
+        try:
+            for k, hop in enumerate(self.jump_hops):
+                client = self._open(hop, sock, role="jump host")
+                self._jumps.append(client)
+                nxt = (self.jump_hops + [self.hop])[k + 1]
+                sock = self._tunnel(client, hop, nxt)
+            self._client = self._open(self.hop, sock, role="")
+        except BaseException:
+            self.close()
+            raise
+        t = self._client.get_transport()
+        self.host_key_fingerprint = key_fingerprint(t.get_remote_server_key())
+        t.set_keepalive(15)
+        self.run(["mkdir", "-p", self.device.remote_workdir], timeout=self.device.connect_timeout + 10, cwd=None)
+
+    def _tunnel(self, client: Any, hop: Hop, nxt: Hop) -> Any:
+        import paramiko
+
+        try:
+            return client.get_transport().open_channel(
+                "direct-tcpip", (nxt.host, nxt.port), ("127.0.0.1", 0), timeout=self.device.connect_timeout
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectionFailed(
+                f"{self.device.name}: the jump host {hop.alias} ({hop.address}) could not open a connection to "
+                f"{nxt.host}:{nxt.port} ({exc or type(exc).__name__}); check ProxyJump / HostName in the ssh config"
+            ) from None
+
+    def _open(self, hop: Hop, sock: Any, role: str) -> Any:
+        """A logged-in SSHClient to one hop, its host key checked against known_hosts."""
         import paramiko
 
         d = self.device
-        known = Path(d.known_hosts).expanduser()
+        known_path = Path(d.known_hosts).expanduser()
+        name = host_name(hop.host, hop.port)
+        what = f"{d.name}" + (f" (its {role} {hop.alias})" if role else "")
         for attempt in range(2):
+            known = KnownHosts([known_path])
             client = paramiko.SSHClient()
-            if known.is_file():
-                client.load_host_keys(str(known))
-            client.set_missing_host_key_policy(_policy())
+            client.set_missing_host_key_policy(_policy(known, name))
             try:
-                self._login(client)
-            except _Unknown as exc:
+                self._login(client, hop, sock, _fast_transport(known.key_types(name)), what)
+                return client
+            except _HostKeyVerdict as exc:
                 client.close()
-                fp = key_fingerprint(exc.key)
-                if not self.trust_new_host_key or attempt:
+                key, verdict = exc.key, exc.verdict
+                fp, kind = key_fingerprint(key), key.get_name()
+                if verdict.status == "revoked":
                     raise HostKeyError(
-                        f"{d.name} ({d.host}:{d.port}) offers an unknown host key {exc.key.get_name()} {fp}; "
-                        f"check it on the board (`ssh-keygen -lf /etc/ssh/ssh_host_{exc.key.get_name().split('-')[-1]}_key.pub`) "
-                        f"and rerun with --trust-new-host-key to record it in {known}"
+                        f"{what} ({hop.host}:{hop.port}) offers the host key {kind} {fp}, which {known_path} marks "
+                        f"@revoked (line {verdict.expected[0].line}); refusing it. Give the board a new host key"
                     ) from None
-                log.warning("trusting new host key of %s: %s %s (recorded in %s)", d.name, exc.key.get_name(), fp, known)
-                record_host_key(known, d.host, d.port, exc.key)
-                continue
-            except paramiko.BadHostKeyException as exc:
-                client.close()
-                new, old = key_fingerprint(exc.key), key_fingerprint(exc.expected_key)
                 if not self.trust_new_host_key or attempt:
+                    if verdict.status == "changed":
+                        old = ", ".join(f"{e.fingerprint} ({e.key_type}, line {e.line})" for e in verdict.expected)
+                        raise HostKeyError(
+                            f"the host key of {what} ({hop.host}:{hop.port}) CHANGED: expected {old} of {known_path}, "
+                            f"got {fp} ({kind}). If the board was reflashed or its keys regenerated, verify the new "
+                            f"fingerprint on the board and rerun with --trust-new-host-key (replaces that entry); "
+                            f"otherwise someone may be intercepting the connection"
+                        ) from None
                     raise HostKeyError(
-                        f"the host key of {d.name} ({d.host}:{d.port}) CHANGED: expected {old}, got {new}. If the board "
-                        f"was reflashed or its keys regenerated, verify the new fingerprint on the board and rerun with "
-                        f"--trust-new-host-key (replaces the entry in {known}); otherwise someone may be intercepting "
-                        f"the connection"
+                        f"{what} ({hop.host}:{hop.port}) offers an unknown host key {kind} {fp}; check it on the "
+                        f"board (`ssh-keygen -lf /etc/ssh/ssh_host_{kind.split('-')[-1]}_key.pub`) and rerun with "
+                        f"--trust-new-host-key to record it in {known_path}"
                     ) from None
-                log.warning("replacing changed host key of %s: %s -> %s (in %s)", d.name, old, new, known)
-                record_host_key(known, d.host, d.port, exc.key)
-                continue
-            self._client = client
-            self.host_key_fingerprint = key_fingerprint(client.get_transport().get_remote_server_key())
-            client.get_transport().set_keepalive(15)
-            self.run(["mkdir", "-p", d.remote_workdir], timeout=d.connect_timeout + 10, cwd=None)
-            return
+                changed = verdict.status == "changed"
+                log.warning("%s host key of %s: %s %s (in %s)", "replacing changed" if changed else "trusting new",
+                            what, kind, fp, known_path)
+                record_host_key(known_path, hop.host, hop.port, key, replace=changed)
+                if sock is not None:  # the tunnel is spent with the failed attempt: open another
+                    sock = self._tunnel(self._jumps[-1], self.jump_hops[-1], hop)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _login(self, client: Any) -> None:
+    def _keys(self, hop: Hop, what: str) -> list[Any]:
+        """The hop's private keys, loaded here so that a missing file, a missing passphrase and a
+        wrong one each get their own message. IdentityFiles of the ssh config that do not exist
+        are skipped, as ssh skips them (the key may live in ssh-agent only)."""
         import paramiko
 
         d = self.device
-        passphrase, password = d.secret("passphrase"), d.secret("password")
-        explicit = d.key_file is not None or password is not None
+        explicit = d.key_file is not None and hop is self.hop
+        keys = []
+        for path in hop.key_files:
+            p = Path(path)
+            if not p.is_file():
+                if explicit:
+                    raise AuthFailed(f"{what}: the key file {p} (key_file in the inventory) does not exist; fix key_file")
+                continue
+            passphrase = d.secret("passphrase")
+            try:
+                keys.append(paramiko.PKey.from_path(str(p), passphrase.encode() if passphrase is not None else None))
+            except (paramiko.PasswordRequiredException, TypeError):  # cryptography: TypeError, no password given
+                if d.passphrase_env:
+                    raise AuthFailed(
+                        f"{what}: the key {p} is passphrase-protected and the variable {d.passphrase_env} named by "
+                        f"passphrase_env is not set; export {d.passphrase_env} before running edgeyolo"
+                    ) from None
+                raise AuthFailed(
+                    f"{what}: the key {p} is passphrase-protected; export its passphrase in an environment variable "
+                    f"and name it in the inventory (passphrase_env: VAR)"
+                ) from None
+            except (paramiko.SSHException, ValueError) as exc:
+                if passphrase is not None:
+                    raise AuthFailed(
+                        f"{what}: the passphrase in ${d.passphrase_env} does not open the key {p} (wrong passphrase)"
+                    ) from None
+                raise AuthFailed(f"{what}: cannot read the key {p}: {exc}") from None
+            except OSError as exc:
+                raise AuthFailed(f"{what}: cannot read the key {p}: {exc.strerror or exc}") from None
+        return keys
+
+    def _login(self, client: Any, hop: Hop, sock: Any, factory: Callable[..., Any], what: str) -> None:
+        import paramiko
+
+        d = self.device
+        password = d.secret("password") if hop is self.hop else None
+        keys = self._keys(hop, what)
+        timeout = d.connect_timeout
         try:
             client.connect(
-                d.host,
-                port=d.port,
-                username=d.user,
-                key_filename=str(Path(d.key_file).expanduser()) if d.key_file else None,
-                passphrase=passphrase,
+                hop.host,
+                port=hop.port,
+                username=hop.user,
+                pkey=keys[0] if keys else None,
                 password=password,
-                timeout=d.connect_timeout,
-                banner_timeout=d.connect_timeout,
-                auth_timeout=d.connect_timeout,
-                channel_timeout=d.connect_timeout,
-                allow_agent=not explicit,
-                look_for_keys=not explicit,
-                transport_factory=_fast_transport,
+                sock=sock,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                channel_timeout=timeout,
+                allow_agent=password is None,
+                look_for_keys=not hop.key_files and password is None,
+                transport_factory=factory,
             )
-        except (_Unknown, paramiko.BadHostKeyException):
+        except (_HostKeyVerdict, paramiko.BadHostKeyException):
             raise
-        except paramiko.PasswordRequiredException:
-            client.close()
-            raise AuthFailed(
-                f"{d.name}: the key {d.key_file} is passphrase-protected; export its passphrase in an environment "
-                f"variable and name it in the inventory (passphrase_env: VAR)"
-            ) from None
         except paramiko.AuthenticationException:
             client.close()
-            how = f"key {d.key_file}" if d.key_file else "password" if password else "the default keys / ssh-agent"
+            how = (f"key {hop.key_files[0]}" if hop.key_files else "password" if password else "the default keys") + " and ssh-agent"
             raise AuthFailed(
-                f"{d.name}: {d.address} refused {how}; add the public key to ~{d.user}/.ssh/authorized_keys on the "
-                f"board (ssh-copy-id -p {d.port} {d.user}@{d.host}) or fix key_file / user in the inventory"
+                f"{what}: {hop.address} refused {how}; add the public key to ~{hop.user}/.ssh/authorized_keys there "
+                f"(ssh-copy-id -p {hop.port} {hop.user}@{hop.host}) or fix key_file / user in the inventory"
             ) from None
         except (socket.timeout, TimeoutError):
             client.close()
             raise ConnectionFailed(
-                f"{d.name}: no answer from {d.host}:{d.port} within {d.connect_timeout:g} s; is the board powered and "
-                f"on the network?"
+                f"{what}: no answer from {hop.host}:{hop.port} within {timeout:g} s; is the board powered and on the network?"
             ) from None
         except socket.gaierror as exc:
             client.close()
-            raise ConnectionFailed(f"{d.name}: cannot resolve host '{d.host}' ({exc.strerror}); fix host in the inventory") from None
+            raise ConnectionFailed(
+                f"{what}: cannot resolve host '{hop.host}' ({exc.strerror}); fix host in the inventory or add a Host "
+                f"entry with a HostName to {d.ssh_config or '~/.ssh/config'}"
+            ) from None
         except paramiko.ssh_exception.NoValidConnectionsError:
             client.close()
             raise ConnectionFailed(
-                f"{d.name}: connection refused by {d.host}:{d.port}; is sshd running on the board and is the port right?"
+                f"{what}: connection refused by {hop.host}:{hop.port}; is sshd running there and is the port right?"
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             client.close()
-            raise ConnectionFailed(f"{d.name}: SSH connection to {d.host}:{d.port} failed: {exc}") from None
+            raise ConnectionFailed(f"{what}: SSH connection to {hop.host}:{hop.port} failed: {exc or type(exc).__name__}") from None
 
     def reconnect(self) -> None:
         self.close()
@@ -329,14 +405,29 @@ class SshTransport(Transport):
             raise ConnectionFailed(f"{self.device.name}: the SSH connection was lost; rerun the command (uploads resume)")
         return self._client.get_transport()
 
+    def abort(self) -> None:
+        """Drop the connection at once, without any goodbye: what an interrupt needs. A graceful
+        close waits for the server to answer every pipelined write first (up to the transfer
+        timeout); shutting the socket down makes every waiter fail immediately instead."""
+        for client in [self._client, *reversed(self._jumps)]:
+            t = client.get_transport() if client is not None else None
+            if t is not None and t.sock is not None:
+                try:
+                    t.sock.shutdown(socket.SHUT_RDWR)
+                except (OSError, AttributeError):
+                    pass
+        self._sftp = None
+        self.close()
+
     def close(self) -> None:
-        for thing in (self._sftp, self._client):
+        for thing in (self._sftp, self._client, *reversed(self._jumps)):
             if thing is not None:
                 try:
                     thing.close()
                 except Exception:  # noqa: BLE001 - closing a dead connection may raise anything
                     pass
         self._sftp = self._client = None
+        self._jumps = []
 
     # -------------------------------------------------------------- commands
 
