@@ -94,18 +94,13 @@ def _write_config(root: Path, port: int, host_key: Path, authorized: Path) -> Pa
     return config
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory) -> Sshd:
-    if not Path(SSHD).is_file() or shutil.which("ssh-keygen") is None:
-        pytest.skip(f"{SSHD} or ssh-keygen not found: install openssh-server to run the SSH transport tests")
-    if os.geteuid() != 0:
-        pytest.skip("the loopback board logs in as the current user via root-only sshd features; run as root")
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
-    root = tmp_path_factory.mktemp("sshd")
+def _start_sshd(root: Path, client_pub: Path | None = None):
+    """sshd -D on a free loopback port with its own host key; the client key (made here unless
+    given) is authorized. Returns (Sshd, log file) or skips."""
     host_key = keygen(root / "host_ed25519")
-    client_key = keygen(root / "client_ed25519")
+    client_key = keygen(root / "client_ed25519") if client_pub is None else client_pub.with_suffix("")
     authorized = root / "authorized_keys"
-    authorized.write_text((root / "client_ed25519.pub").read_text())
+    authorized.write_text(client_key.with_suffix(".pub").read_text())
     port = free_port()
     config = _write_config(root, port, host_key, authorized)
     log = open(root / "sshd.log", "wb")
@@ -125,13 +120,40 @@ def sshd(tmp_path_factory) -> Sshd:
     known = root / "known_hosts"
     pub = (root / "host_ed25519.pub").read_text().split()
     known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
-    yield Sshd(port, root, host_key, client_key, known, proc)
-    proc.terminate()
+    return Sshd(port, root, host_key, client_key, known, proc), log
+
+
+def _stop_sshd(server: Sshd, log) -> None:
+    server.proc.terminate()
     try:
-        proc.wait(timeout=10)
+        server.proc.wait(timeout=10)
     except subprocess.TimeoutExpired:  # pragma: no cover
-        proc.kill()
+        server.proc.kill()
     log.close()
+
+
+def _require_sshd() -> None:
+    if not Path(SSHD).is_file() or shutil.which("ssh-keygen") is None:
+        pytest.skip(f"{SSHD} or ssh-keygen not found: install openssh-server to run the SSH transport tests")
+    if os.geteuid() != 0:
+        pytest.skip("the loopback board logs in as the current user via root-only sshd features; run as root")
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory) -> Sshd:
+    _require_sshd()
+    server, log = _start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    _stop_sshd(server, log)
+
+
+@pytest.fixture(scope="session")
+def sshd_jump(tmp_path_factory, sshd) -> Sshd:
+    """A second loopback sshd (own host key, same client key) to reach the board through."""
+    server, log = _start_sshd(tmp_path_factory.mktemp("sshd-jump"), sshd.client_key.with_suffix(".pub"))
+    yield server
+    _stop_sshd(server, log)
 
 
 @pytest.fixture
