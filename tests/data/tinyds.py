@@ -116,3 +116,25 @@ def make_voc(root: Path, items=ITEMS, splits=None) -> Path:
 
 def by_stem(ds):
     return {Path(s.image).stem: s for s in ds.samples}
+
+
+def voc_object(name: str, box: tuple[int, int, int, int]) -> str:
+    x1, y1, x2, y2 = box
+    return (
+        f"  <object>\n    <name>{name}</name>\n    <difficult>0</difficult>\n    <bndbox>\n"
+        f"      <xmin>{x1 + 1}</xmin>\n      <ymin>{y1 + 1}</ymin>\n      <xmax>{x2 + 1}</xmax>\n      <ymax>{y2 + 1}</ymax>\n"
+        "    </bndbox>\n  </object>\n"
+    )
+
+
+def write_voc(xml: Path, image: Path | None, objects: list[tuple[str, tuple[int, int, int, int]]], size=(64, 48), seed=0) -> None:
+    """One VOC xml (and its image, unless None) with the given (class, xyxy) objects."""
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    if image is not None:
+        write_image(image, size[0], size[1], seed)
+    name = image.name if image is not None else f"{xml.stem}.jpg"
+    body = "".join(voc_object(n, b) for n, b in objects)
+    xml.write_text(
+        f"<annotation>\n  <filename>{name}</filename>\n  <size>\n    <width>{size[0]}</width>\n"
+        f"    <height>{size[1]}</height>\n    <depth>3</depth>\n  </size>\n{body}</annotation>\n"
+    )
