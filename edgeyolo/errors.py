@@ -93,13 +93,24 @@ class AuthFailed(TargetError):
 class RemoteCommandError(TargetError):
     """A command on the board exited non-zero; carries the command, exit code and stderr."""
 
-    def __init__(self, cmd: str, code: int, stderr: str, hint: str = ""):
+    def __init__(self, cmd: str, code: int, stderr: str, hint: str = "", shown: bool = False):
         self.cmd = cmd
         self.code = code
         self.stderr = stderr
-        tail = "\n".join(stderr.strip().splitlines()[-15:])
+        lines = stderr.strip().splitlines()
+        if shown:  # the board's stderr was already printed as it came: only its last line again
+            last = f": {lines[-1].strip()}" if lines else " (no stderr)"
+            super().__init__(f"remote command failed with exit code {code}{last}" + (f" ({hint})" if hint else "") + f" [{cmd}]")
+            return
+        tail = "\n".join(lines[-15:])
         detail = f"\n{tail}" if tail else " (no stderr)"
         super().__init__(f"remote command failed with exit code {code}: {cmd}{detail}" + (f"\n{hint}" if hint else ""))
+
+
+class Interrupted(TargetError):
+    """The user interrupted a board operation (Ctrl-C); says what can be resumed."""
+
+    exit_code = 130
 
 
 class RemoteTimeout(TargetError):

@@ -97,6 +97,7 @@ class Transport(ABC):
     working directory of commands) are the device's workdir."""
 
     device: Device
+    on_reconnect: list[Callable[[], None]]  # called after reconnect() (a lock re-taken)
 
     @abstractmethod
     def run(
@@ -106,9 +107,12 @@ class Transport(ABC):
         check: bool = True,
         on_stderr: LineSink | None = None,
         cwd: str | None = "",
+        heartbeat: float | None = None,
     ) -> CommandResult:
         """Run ``argv`` (quoted item by item); raise RemoteCommandError on a non-zero exit when
-        ``check``, RemoteTimeout after ``timeout`` seconds (the remote process is stopped)."""
+        ``check``, RemoteTimeout after ``timeout`` seconds (the remote process is stopped). With
+        ``heartbeat``, stdin stays open and gets a newline every that many seconds, for a command
+        that stops itself when they cease (the agent's --watchdog)."""
 
     @abstractmethod
     def put(self, local: str | Path, remote: str, progress: Progress | None = None, check_space: bool = True) -> Upload:
@@ -128,8 +132,16 @@ class Transport(ABC):
     def read_bytes(self, remote: str) -> bytes | None:
         """A remote file's content, or None when it does not exist."""
 
+    def spawn(self, argv: Sequence[object], cwd: str | None = None) -> RemoteProcess:
+        """Start a command whose stdin stays open (a lock holder, a watched agent)."""
+        raise TargetError(f"{self.device.name}: this transport cannot keep a command's stdin open")
+
     def close(self) -> None:
         """Release the connection."""
+
+    def abort(self) -> None:
+        """Drop the connection at once (an interrupt); the default is a plain close."""
+        self.close()
 
     def reconnect(self) -> None:
         """Open a fresh connection after a drop (uploads then resume from their partial files)."""
@@ -143,6 +155,68 @@ class Transport(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RemoteProcess:
+    """A command on the board whose stdin stays open; reads never block longer than asked."""
+
+    def __init__(self, chan: Any):
+        self.chan = chan
+        self._out = bytearray()
+        self._err = bytearray()
+
+    def _pump(self, wait: float) -> bool:
+        """Take what arrived (waiting up to ``wait`` s for something); False once stdout is at EOF."""
+        c = self.chan
+        if not (c.recv_ready() or c.recv_stderr_ready() or c.eof_received or c.closed):
+            select.select([c], [], [], wait)
+        while c.recv_ready():
+            self._out += c.recv(1 << 16)
+        while c.recv_stderr_ready():
+            self._err += c.recv_stderr(1 << 16)
+        return not (c.eof_received or c.closed) or c.recv_ready()
+
+    def readline(self, timeout: float) -> str | None:
+        """The next stdout line, or None at EOF or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._out:
+            if not self._pump(0.1) and b"\n" not in self._out or time.monotonic() > deadline:
+                return None
+        line, _, rest = bytes(self._out).partition(b"\n")
+        self._out = bytearray(rest)
+        return line.decode("utf-8", "replace")
+
+    def read_rest(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while self._pump(0.1) and time.monotonic() < deadline:
+            pass
+        text, self._out = bytes(self._out), bytearray()
+        return text.decode("utf-8", "replace")
+
+    def stderr_text(self, timeout: float = 2.0) -> str:
+        self.read_rest(timeout)
+        return self._err.decode("utf-8", "replace")
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self.chan.sendall(data)
+            return True
+        except Exception:  # noqa: BLE001 - a dead channel raises OSError, EOFError or SSHException
+            return False
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while not self.chan.exit_status_ready():
+            if time.monotonic() > deadline:
+                return None
+            self._pump(0.1)
+        return self.chan.recv_exit_status()
+
+    def close(self) -> None:
+        try:
+            self.chan.close()
+        except Exception:  # noqa: BLE001 - closing a dead channel may raise anything
+            pass
 
 
 # ------------------------------------------------------------------------------------ host keys
@@ -220,6 +294,7 @@ class SshTransport(Transport):
         self._jumps: list[Any] = []
         self._sftp: Any = None
         self.host_key_fingerprint = ""
+        self.on_reconnect: list[Callable[[], None]] = []
         self.hop, self.jump_hops = resolve(device)
         self._connect()
 
@@ -394,6 +469,8 @@ class SshTransport(Transport):
     def reconnect(self) -> None:
         self.close()
         self._connect()
+        for hook in list(self.on_reconnect):
+            hook()
 
     @property
     def connected(self) -> bool:
@@ -438,6 +515,7 @@ class SshTransport(Transport):
         check: bool = True,
         on_stderr: LineSink | None = None,
         cwd: str | None = "",
+        heartbeat: float | None = None,
     ) -> CommandResult:
         cmd = quote_argv(argv)
         workdir = self.device.remote_workdir if cwd == "" else cwd
@@ -449,15 +527,23 @@ class SshTransport(Transport):
         try:
             chan = self._transport().open_session(timeout=self.device.connect_timeout)
             chan.exec_command(prefix + "exec " + cmd)
-            chan.shutdown_write()
+            if not heartbeat:
+                chan.shutdown_write()
         except (OSError, EOFError) as exc:
             raise ConnectionFailed(f"{self.device.name}: could not start a command: {exc}") from None
         except Exception as exc:  # paramiko.SSHException and friends
             raise ConnectionFailed(f"{self.device.name}: could not start a command: {exc}") from None
         out, err, pending = bytearray(), bytearray(), bytearray()
         deadline = time.monotonic() + limit
+        beat = time.monotonic()
         try:
             while True:
+                if heartbeat and time.monotonic() - beat >= heartbeat:
+                    beat = time.monotonic()
+                    try:  # the command's watchdog reads these; a closed stdin tells it we are gone
+                        chan.sendall(b"\n")
+                    except (OSError, EOFError):
+                        pass
                 ready = chan.recv_ready() or chan.recv_stderr_ready() or chan.exit_status_ready()
                 if not ready:
                     select.select([chan], [], [], 0.05)
@@ -482,6 +568,11 @@ class SshTransport(Transport):
                         f"(pid {pid}); give it more time (--timeout / command_timeout in the inventory)"
                     )
             code = chan.recv_exit_status()
+        except KeyboardInterrupt:
+            # closing the channel closes the command's stdin and pipes on the board: a command with
+            # a watchdog (the agent) stops at once; the connection is dropped without waiting
+            self.abort()
+            raise
         finally:
             chan.close()
         if pending:
@@ -494,8 +585,20 @@ class SshTransport(Transport):
         result = CommandResult(cmd, code, stdout, err.decode("utf-8", "replace"))
         if check and code != 0:
             hint = "killed by a signal on the board" if code == -1 else ""
-            raise RemoteCommandError(cmd, code, result.stderr, hint)
+            # stderr already went to the screen line by line: the error keeps its last line only
+            raise RemoteCommandError(cmd, code, result.stderr, hint, shown=sink is not None)
         return result
+
+    def spawn(self, argv: Sequence[object], cwd: str | None = None) -> RemoteProcess:
+        """Start ``argv`` with its stdin kept open (a lock holder, a watched agent)."""
+        cmd = quote_argv(argv)
+        prefix = f"cd {shlex.quote(cwd)} && " if cwd else ""
+        try:
+            chan = self._transport().open_session(timeout=self.device.connect_timeout)
+            chan.exec_command(prefix + "exec " + cmd)
+        except Exception as exc:  # noqa: BLE001 - OSError, EOFError, paramiko.SSHException
+            raise ConnectionFailed(f"{self.device.name}: could not start a command: {exc or type(exc).__name__}") from None
+        return RemoteProcess(chan)
 
     def _emit(self, line: str, sink: LineSink | None) -> None:
         log.info("[%s] %s", self.device.name, line)
@@ -714,34 +817,128 @@ def _pid_of(stdout: bytes | bytearray) -> int | None:
 
 # ------------------------------------------------------------------------------------ board lock
 
-LOCK_NAME = ".edgeyolo.lock"
-
-# $1 lock dir, $2 owner JSON, $3 ttl seconds, $4 token. mkdir is atomic on every POSIX filesystem.
-_ACQUIRE = r"""
-lock="$1"; info="$2"; ttl="$3"; token="$4"
-take() { mkdir "$lock" 2>/dev/null || return 1; printf '%s\n' "$token" > "$lock/token"; printf '%s\n' "$info" > "$lock/owner"; }
-if take; then echo ACQUIRED; exit 0; fi
-[ -d "$lock" ] || { echo "ERROR cannot create $lock"; exit 0; }
-now=$(date +%s)
-m=$(stat -c %Y "$lock/owner" 2>/dev/null || stat -c %Y "$lock" 2>/dev/null || echo "$now")
-age=$((now - m))
-if [ "$age" -gt "$ttl" ]; then
-  old=$(cat "$lock/owner" 2>/dev/null)
-  if mv "$lock" "$lock.stale.$$" 2>/dev/null && take; then
-    rm -rf "$lock.stale.$$"; echo "BROKE $age"; printf '%s\n' "$old"; exit 0
-  fi
-fi
-echo "BUSY $age"; cat "$lock/owner" 2>/dev/null; exit 0
+# Runs on the board with its python (3.6+): holds an flock on the board-wide lock file for as long
+# as the client keeps its stdin open and beating. The kernel drops an flock with its holder, so a
+# client that dies (its connection closes, sshd closes the pipe) frees the board at once, and a
+# client that went silent (pulled cable) frees it after ttl seconds without a heartbeat.
+# argv: lock file, owner JSON, ttl. First stdout line: ACQUIRED | BUSY <age s> | ERROR <errno> <text>.
+_HOLDER = r"""
+import errno, fcntl, json, os, select, sys, time
+path, info, ttl = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def say(*words):
+    sys.stdout.write(" ".join(str(w) for w in words) + "\n"); sys.stdout.flush()
+def free(p):
+    try:
+        st = os.statvfs(os.path.dirname(p) or "/"); return st.f_bavail * st.f_frsize
+    except OSError:
+        return -1
+created, writable = False, True
+try:
+    fd = os.open(path, os.O_RDWR)
+except OSError as e:
+    fd = None
+    if e.errno == errno.EACCES:
+        fd, writable = os.open(path, os.O_RDONLY), False
+    elif e.errno != errno.ENOENT:
+        say("ERROR", errno.errorcode.get(e.errno, e.errno), free(path), e.strerror); sys.exit(0)
+if fd is None:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666); created = True
+        os.fchmod(fd, 0o666)
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            say("ERROR", errno.errorcode.get(e.errno, e.errno), free(path), e.strerror); sys.exit(0)
+        fd = os.open(path, os.O_RDWR)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except OSError as e:
+    if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+        raise
+    age = int(time.time() - os.fstat(fd).st_mtime)
+    say("BUSY", age); sys.stdout.write(os.read(fd, 8192).decode("utf-8", "replace")); sys.exit(0)
+me = json.loads(info); me["holder_pid"] = os.getpid()
+data = (json.dumps(me, sort_keys=True) + "\n").encode()
+if writable:
+    try:
+        os.ftruncate(fd, 0)
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        os.fsync(fd)
+    except OSError as e:
+        if created:
+            os.unlink(path)
+        else:
+            os.ftruncate(fd, 0)
+        say("ERROR", errno.errorcode.get(e.errno, e.errno), free(path), e.strerror); sys.exit(0)
+say("ACQUIRED", os.getpid())
+last = time.time()
+while True:
+    ready = select.select([0], [], [], 1.0)[0]
+    if ready:
+        chunk = os.read(0, 4096)
+        if not chunk or b"R" in chunk:
+            break
+        last = time.time()
+        if writable:
+            os.utime(path, None)
+    elif time.time() - last > ttl:
+        break
+if writable:
+    os.ftruncate(fd, 0)
 """
-_REFRESH = r"""[ "$(cat "$1/token" 2>/dev/null)" = "$2" ] || { echo LOST; exit 0; }; touch "$1/owner"; echo OK"""
-_RELEASE = r"""[ "$(cat "$1/token" 2>/dev/null)" = "$2" ] && rm -rf "$1"; exit 0"""
+
+_NO_SPACE = ("ENOSPC", "EDQUOT")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def client_identity() -> dict[str, object]:
+    """Who this client is, unambiguously: machine id + boot id + pid namespace, then the pid. Host
+    name + pid is not enough: containers on one host share pids across names and names across pids."""
+    try:
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        pidns = None
+    return {
+        "machine_id": _read("/etc/machine-id") or _read("/var/lib/dbus/machine-id") or None,
+        "boot_id": _read("/proc/sys/kernel/random/boot_id") or None,
+        "pidns": pidns,
+        "pid": os.getpid(),
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_is_dead_here(owner: dict[str, Any]) -> bool:
+    """The lock's owner is a process of this very machine, boot and pid namespace that no longer
+    runs: its lock is stale now, not after the heartbeat timeout."""
+    me = client_identity()
+    if not me["machine_id"] or not me["boot_id"]:
+        return False
+    same = all(owner.get(k) == me[k] for k in ("machine_id", "boot_id", "pidns"))
+    pid = owner.get("pid")
+    return same and isinstance(pid, int) and pid != me["pid"] and not _pid_alive(pid)
 
 
 class BoardLock:
-    """Exclusive use of a board, held in its workdir, so two clients never share it.
+    """Exclusive use of a board, whatever the workdir or Unix user, so two clients never share it.
 
-    Held while the owner file keeps being touched by a heartbeat thread; a lock whose owner stopped
-    (crashed client, pulled cable) for ``ttl`` seconds is broken by the next client, with a warning.
+    An flock on ``device.lock_file`` held by a small process on the board (see ``_HOLDER``) while
+    this client's heartbeats reach it. A lock left by a dead process of this same machine is broken
+    at once; one whose holder stopped beating for ``ttl`` seconds frees itself.
     """
 
     def __init__(self, transport: Transport, purpose: str = "", ttl: float = 120.0, heartbeat: bool = True):
@@ -749,72 +946,122 @@ class BoardLock:
         self.purpose = purpose
         self.ttl = ttl
         self.heartbeat = heartbeat
-        self.token = uuid.uuid4().hex
-        self.path = LOCK_NAME
+        self.path = transport.device.lock_file
         self.held = False
         self.lost = False
+        self._proc: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def owner_info(self) -> dict[str, object]:
         return {
+            **client_identity(),
             "user": getpass.getuser(),
             "host": socket.gethostname(),
-            "pid": os.getpid(),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "purpose": self.purpose,
+            "workdir": self.transport.device.remote_workdir,
         }
 
     def acquire(self) -> None:
-        t = self.transport
+        for attempt in range(2):
+            owner = self._try()
+            if owner is None:
+                return
+            if attempt == 0 and _owner_is_dead_here(owner):
+                log.warning("%s: breaking the board lock of %s: that process of this machine is gone",
+                            self.transport.device.name, _describe(owner))
+                self._break(owner)
+                continue
+            age = owner.get("_age", "?")
+            raise BoardBusy(
+                f"board '{self.transport.device.name}' is busy: {_describe(owner) or 'another client'} holds its "
+                f"lock {self.path} (last heartbeat {age} s ago). Wait for it to finish; a lock without heartbeat "
+                f"frees itself after {self.ttl:g} s"
+            )
+
+    def _try(self) -> dict[str, Any] | None:
+        """None when the lock is ours now, else the owner's info (``_age``: seconds since its beat)."""
+        t, dev = self.transport, self.transport.device
         info = json.dumps(self.owner_info(), sort_keys=True)
-        res = t.run(["sh", "-c", _ACQUIRE, "sh", self.path, info, int(self.ttl), self.token], timeout=30)
-        status, _, rest = res.stdout.partition("\n")
-        word = status.split(" ", 1)[0]
-        if word == "ACQUIRED" or word == "BROKE":
-            if word == "BROKE":
-                log.warning(
-                    "%s: broke a stale board lock (no heartbeat for %s s) left by %s",
-                    t.device.name, status.split()[1], _describe(rest) or "an unknown client",
-                )
-            self.held = True
+        proc = t.spawn([dev.python, "-c", _HOLDER, self.path, info, int(self.ttl)])
+        first = proc.readline(30.0)
+        if first is None:
+            err = proc.stderr_text().strip()
+            proc.close()
+            raise TargetError(f"{dev.name}: could not take the board lock {self.path}: {err.splitlines()[-1] if err else 'no answer'}")
+        word, *rest = first.split(" ", 3)
+        if word == "ACQUIRED":
+            self._proc, self.held, self.lost = proc, True, False
+            self._stop.clear()
             if self.heartbeat:
                 self._thread = threading.Thread(target=self._beat, name="edgeyolo-lock-heartbeat", daemon=True)
                 self._thread.start()
-            return
+            t.on_reconnect.append(self._reacquire)
+            return None
         if word == "BUSY":
-            age = status.split()[1] if len(status.split()) > 1 else "?"
-            raise BoardBusy(
-                f"board '{t.device.name}' is busy: {_describe(rest) or 'another client'} holds its lock "
-                f"(last heartbeat {age} s ago). Wait for it to finish; a lock without heartbeat expires after "
-                f"{self.ttl:g} s, or remove {posixpath.join(t.device.remote_workdir, self.path)} on the board if you "
-                f"are sure nobody uses it"
+            text = proc.read_rest(5.0)
+            proc.close()
+            try:
+                owner = json.loads(text.strip().splitlines()[0])
+            except (ValueError, IndexError):
+                owner = {}
+            owner["_age"] = rest[0] if rest else "?"
+            return owner
+        proc.close()
+        code, free, why = (rest + ["", "", ""])[:3]
+        if word == "ERROR" and code in _NO_SPACE:
+            raise TargetError(
+                f"{dev.name}: the board's disk is full: no space to write its lock file {self.path} "
+                f"({int(free) // 1000 if free.lstrip('-').isdigit() and int(free) >= 0 else '?'} kB free); nothing "
+                f"was left behind. Free space on the board"
             )
-        raise TargetError(f"{t.device.name}: could not take the board lock: {status or res.stderr.strip()}")
+        raise TargetError(f"{dev.name}: could not take the board lock {self.path}: {code} {why}".rstrip())
+
+    def _break(self, owner: dict[str, Any]) -> None:
+        pid = owner.get("holder_pid")
+        if isinstance(pid, int):
+            self.transport.run(["kill", "-TERM", pid], check=False, timeout=30, cwd=None)
+            script = 'i=0; while kill -0 "$1" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done'
+            self.transport.run(["sh", "-c", script, "sh", pid], check=False, timeout=30, cwd=None)
+
+    def _reacquire(self) -> None:
+        """After a reconnect the old holder went with the old connection: take the lock again."""
+        if not self.held:
+            return
+        self.held = False
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        if self._reacquire in self.transport.on_reconnect:
+            self.transport.on_reconnect.remove(self._reacquire)
+        if self._proc is not None:
+            self._proc.close()
+            self._proc = None
+        self.acquire()
 
     def _beat(self) -> None:
-        while not self._stop.wait(max(self.ttl / 4.0, 0.5)):
-            try:
-                res = self.transport.run(["sh", "-c", _REFRESH, "sh", self.path, self.token], timeout=30)
-                if res.stdout.strip() == "LOST":
+        while not self._stop.wait(min(max(self.ttl / 4.0, 0.5), 5.0)):
+            if self._proc is None or not self._proc.send(b"\n"):
+                if not self._stop.is_set():
                     self.lost = True
-                    log.error("%s: the board lock was taken over by another client", self.transport.device.name)
-                    return
-            except TargetError as exc:  # a dropped connection: the next beat may succeed after a reconnect
-                log.warning("%s: lock heartbeat failed: %s", self.transport.device.name, exc)
+                    log.warning("%s: the board lock's holder is gone (connection lost?)", self.transport.device.name)
+                return
 
     def release(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self.held:
-            try:
-                self.transport.run(["sh", "-c", _RELEASE, "sh", self.path, self.token], timeout=30)
-            except TargetError as exc:
-                log.warning("%s: could not release the board lock (it expires in %g s): %s", self.transport.device.name, self.ttl, exc)
-            self.held = False
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=1)
+        if self._reacquire in self.transport.on_reconnect:
+            self.transport.on_reconnect.remove(self._reacquire)
+        if self._proc is not None:
+            if self._proc.send(b"R\n"):
+                self._proc.wait(5.0)  # the holder truncates the owner file and exits
+            self._proc.close()
+            self._proc = None
+        self.held = False
 
-    def __enter__(self) -> "BoardLock":
+    def __enter__(self) -> BoardLock:
         self.acquire()
         return self
 
@@ -822,10 +1069,9 @@ class BoardLock:
         self.release()
 
 
-def _describe(owner_json: str) -> str:
-    try:
-        o = json.loads(owner_json.strip().splitlines()[0])
-    except (ValueError, IndexError):
+def _describe(owner: dict[str, Any]) -> str:
+    if not owner or "pid" not in owner:
         return ""
-    what = f" ({o['purpose']})" if o.get("purpose") else ""
-    return f"{o.get('user')}@{o.get('host')} pid {o.get('pid')} since {o.get('since')}{what}"
+    what = f" ({owner['purpose']})" if owner.get("purpose") else ""
+    where = f" in {owner['workdir']}" if owner.get("workdir") else ""
+    return f"{owner.get('user')}@{owner.get('host')} pid {owner.get('pid')} since {owner.get('since')}{what}{where}"

@@ -172,6 +172,7 @@ def device(sshd, tmp_path):
         known_hosts=str(known),
         workdir=str(tmp_path / "board"),
         python=sys.executable,
+        lock_file=str(tmp_path / "board.lock"),  # the board-wide default would make concurrent test runs collide
         connect_timeout=10.0,
         command_timeout=120.0,
         transfer_timeout=20.0,

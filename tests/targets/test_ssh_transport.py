@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -234,7 +235,7 @@ _HOLDER = textwrap.dedent(
     from edgeyolo.targets.inventory import Device
     from edgeyolo.targets.transport import BoardLock, SshTransport
     dev = Device(name="loopback", host="127.0.0.1", port=int(sys.argv[1]), key_file=sys.argv[2],
-                 known_hosts=sys.argv[3], workdir=sys.argv[4], python=sys.executable)
+                 known_hosts=sys.argv[3], workdir=sys.argv[4], python=sys.executable, lock_file=sys.argv[5])
     with SshTransport(dev) as t, BoardLock(t, "held by the test", ttl=30):
         print("locked", flush=True)
         sys.stdin.readline()
@@ -244,7 +245,7 @@ _HOLDER = textwrap.dedent(
 
 def test_second_client_is_refused_while_the_lock_is_held(device, transport):
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(device.port), device.key_file, device.known_hosts, device.workdir],
+        [sys.executable, "-c", _HOLDER, str(device.port), device.key_file, device.known_hosts, device.workdir, device.lock_file],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
     )
     try:
@@ -256,17 +257,26 @@ def test_second_client_is_refused_while_the_lock_is_held(device, transport):
         holder.stdin.flush()
         holder.wait(timeout=30)
     with BoardLock(transport, "after release") as lock:
-        assert lock.held
+        assert lock.held and "after release" in Path(device.lock_file).read_text()
+    assert Path(device.lock_file).read_text() == ""  # released: no owner left in the lock file
     assert not (Path(device.workdir) / ".edgeyolo.lock").exists()
 
 
-def test_stale_lock_expires(device, transport, caplog):
-    lock_dir = Path(device.workdir) / ".edgeyolo.lock"
-    lock_dir.mkdir(parents=True)
-    (lock_dir / "owner").write_text('{"user": "ghost", "host": "gone", "pid": 1, "since": "yesterday", "purpose": "crashed"}\n')
-    (lock_dir / "token").write_text("old\n")
-    old = time.time() - 3600
-    os.utime(lock_dir / "owner", (old, old))
-    with caplog.at_level(logging.WARNING), BoardLock(transport, "fresh", ttl=60) as lock:
-        assert lock.held and "fresh" in (lock_dir / "owner").read_text()
-    assert "stale board lock" in caplog.text and "ghost@gone" in caplog.text
+def test_a_silent_holder_frees_the_lock_after_ttl(device, transport):
+    """A client that stops beating (here: SIGSTOP, the connection stays up) loses the lock after ttl."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER.replace("ttl=30", "ttl=2"), str(device.port), device.key_file,
+         device.known_hosts, device.workdir, device.lock_file],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        os.kill(holder.pid, signal.SIGSTOP)
+        with pytest.raises(BoardBusy):
+            BoardLock(transport, "too early").acquire()
+        time.sleep(4)
+        with BoardLock(transport, "after the ttl") as lock:
+            assert lock.held
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
