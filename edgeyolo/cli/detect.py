@@ -29,6 +29,8 @@ def detect(
     no_save: bool = typer.Option(False, "--no-save", help="Do not write annotated images/videos."),
     names: Optional[Path] = typer.Option(None, "--names", help=".names file with class names."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset file (.yaml/.data/COCO json) to take names from."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Sliced inference: run each image as tiles of this many px, merged across the seams."),
+    tile_overlap: str = typer.Option("0.2", "--tile-overlap", help="Overlap of the tiles: a fraction of --tile (0.2) or pixels (64, 64px)."),
 ) -> None:
     """Detect objects; the same letterbox, decode and NMS for every backend."""
     from edgeyolo.contract import Contract, channel_order_for
@@ -36,8 +38,10 @@ def detect(
     from edgeyolo.log import track
     from edgeyolo.runtime.detect import run_detect
     from edgeyolo.runtime.runners import make_runner
+    from edgeyolo.runtime.sliced import Slicing
 
     check_img_size(img_size)
+    slicing = Slicing.of(tile, tile_overlap) if tile is not None else None
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
     if names and data:
@@ -68,6 +72,7 @@ def detect(
             save_txt=save_txt,
             save_json=save_json,
             progress=lambda frames: track(frames, f"detect [{backend}]"),
+            slicing=slicing,
         )
     for what, why in result.skipped:
         typer.echo(f"warning: skipped {what}: {why}", err=True)

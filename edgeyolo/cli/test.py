@@ -23,6 +23,8 @@ def test(
     threads: int = typer.Option(0, "--threads", help="Inference threads (0 = backend default)."),
     save_json: Optional[Path] = typer.Option(None, "--save-json", help="Write COCO-style detections here."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Sliced inference: run each image as tiles of this many px, scored over the whole image."),
+    tile_overlap: str = typer.Option("0.2", "--tile-overlap", help="Overlap of the tiles: a fraction of --tile (0.2) or pixels (64, 64px)."),
 ) -> None:
     """Measure mAP@0.5 and mAP@0.5:0.95, precision, recall and per-class AP."""
     from rich.console import Console
@@ -32,9 +34,11 @@ def test(
     from edgeyolo.log import track
     from edgeyolo.model.io import atomic_write_text
     from edgeyolo.runtime.evaluate import evaluate_model
+    from edgeyolo.runtime.sliced import Slicing
     from edgeyolo.train.metrics import coco_detections_json
 
     check_img_size(img_size)
+    slicing = Slicing.of(tile, tile_overlap) if tile is not None else None
     dataset = load_dataset(data, split)
     progress = lambda s: track(s, f"test [{backend}]", len(dataset.samples))  # noqa: E731
     if weights.suffix.lower() == ".onnx":  # an exported file (QDQ int8 included), run as it is
@@ -43,10 +47,10 @@ def test(
 
         contract = onnx_contract(weights, backend, img_size, conf_threshold=conf, iou_threshold=iou, max_detections=100)
         with OnnxRuntimeRunner(weights, contract, threads) as runner:
-            ev = evaluate_runner(runner, contract, dataset, metric, progress)
+            ev = evaluate_runner(runner, contract, dataset, metric, progress, slicing)
     else:
         model = load_cli_model(cfg, weights, img_size=img_size)
-        ev = evaluate_model(model, dataset, img_size, backend, metric, conf, iou, threads, progress=progress)
+        ev = evaluate_model(model, dataset, img_size, backend, metric, conf, iou, threads, progress=progress, slicing=slicing)
     size = ev.img_size
     for issue in ev.issues:
         typer.echo(f"warning: {issue}", err=True)
@@ -55,10 +59,12 @@ def test(
         atomic_write_text(save_json, json.dumps(records))
     r = ev.result
     if as_json:
-        typer.echo(json.dumps({"data": str(data), "backend": backend, "img_size": size, **r.to_dict()}, indent=1))
+        tiling = {"tile": slicing.tile, "tile_overlap": slicing.overlap} if slicing else {}
+        typer.echo(json.dumps({"data": str(data), "backend": backend, "img_size": size, **tiling, **r.to_dict()}, indent=1))
         return
     rows = r.table()
-    table = Table(title=f"{metric} on {data} ({split}, {r.num_images} images, {backend} @ {size})")
+    sliced = f", tiles of {slicing.tile} px overlapping {slicing.overlap} px" if slicing else ""
+    table = Table(title=f"{metric} on {data} ({split}, {r.num_images} images, {backend} @ {size}{sliced})")
     for i, col in enumerate(rows[0]):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows[1:]:

@@ -19,6 +19,7 @@ from edgeyolo.contract import Contract
 from edgeyolo.errors import InputFileError
 from edgeyolo.model.io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text
 from edgeyolo.runtime.base import Runner
+from edgeyolo.runtime.sliced import Slicing, detect_sliced
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,12 @@ def run_detect(
     category_ids: Sequence[int] | None = None,
     image_ids: dict[str, int | str] | None = None,
     progress: Callable[[Iterator[Frame]], Iterator[Frame]] | None = None,
+    slicing: Slicing | None = None,
 ) -> DetectResult:
-    """Detect on every frame of ``source``; annotated images/videos, txt and json go to ``output``."""
+    """Detect on every frame of ``source``; annotated images/videos, txt and json go to ``output``.
+
+    With ``slicing``, each frame runs as overlapping tiles merged in frame coordinates
+    (:mod:`edgeyolo.runtime.sliced`)."""
     import cv2
 
     plan = plan_source(source)
@@ -172,9 +177,14 @@ def run_detect(
         frames = progress(frames)
     try:
         for frame in frames:
-            blob, box = contract.preprocess(frame.image)
-            det = contract.postprocess(runner.infer(blob)[0], box)
-            result.seconds_inference += runner.last_inference_s
+            if slicing is not None:
+                sliced = detect_sliced(runner, contract, frame.image, slicing)
+                det = sliced.det
+                result.seconds_inference += sliced.seconds_inference
+            else:
+                blob, box = contract.preprocess(frame.image)
+                det = contract.postprocess(runner.infer(blob)[0], box)
+                result.seconds_inference += runner.last_inference_s
             result.frames += 1
             result.detections += len(det)
             if save_images:

@@ -11,6 +11,7 @@ from edgeyolo.data.types import DetectionDataset, LabelIssue, Sample
 from edgeyolo.errors import UsageError
 from edgeyolo.runtime.base import Runner
 from edgeyolo.runtime.runners import make_runner
+from edgeyolo.runtime.sliced import Slicing, detect_sliced
 from edgeyolo.train.metrics import METRICS, EvalResult, evaluate
 
 if TYPE_CHECKING:
@@ -33,21 +34,33 @@ def evaluate_runner(
     dataset: DetectionDataset,
     metric: str = "coco",
     progress: Callable[[Iterable[Sample]], Iterator[Sample]] | None = None,
+    slicing: Slicing | None = None,
 ) -> DatasetEvaluation:
-    """Run every image of ``dataset`` and score the detections; unreadable images are reported, not fatal."""
+    """Run every image of ``dataset`` and score the detections; unreadable images are reported, not fatal.
+
+    With ``slicing`` every image runs as overlapping tiles merged in image coordinates and is scored
+    whole; the contract's ``max_detections`` then applies per tile, so an image keeps up to that
+    many times its tile count."""
     import cv2
 
     samples, detections, issues = [], [], list(dataset.issues)
     seconds = 0.0
+    max_det = contract.max_detections
     items: Iterable[Sample] = progress(dataset.samples) if progress else dataset.samples
     for sample in items:
         image = cv2.imread(str(sample.image), cv2.IMREAD_COLOR)
         if image is None:
             issues.append(LabelIssue(sample.image, None, "not a readable image; skipped"))
             continue
-        blob, box = contract.preprocess(image)
-        detections.append(contract.postprocess(runner.infer(blob)[0], box))
-        seconds += runner.last_inference_s
+        if slicing is not None:
+            sliced = detect_sliced(runner, contract, image, slicing)
+            detections.append(sliced.det)
+            seconds += sliced.seconds_inference
+            max_det = max(max_det, contract.max_detections * sliced.tiles)
+        else:
+            blob, box = contract.preprocess(image)
+            detections.append(contract.postprocess(runner.infer(blob)[0], box))
+            seconds += runner.last_inference_s
         samples.append(sample)
     result = evaluate(
         [s.annotation for s in samples],
@@ -56,7 +69,7 @@ def evaluate_runner(
         metric=metric,
         names=dataset.names,
         image_ids=[s.image_id for s in samples],
-        max_det=contract.max_detections,
+        max_det=max_det,
         category_ids=dataset.category_ids,
     )
     return DatasetEvaluation(result, detections, samples, issues, seconds, contract.height)
@@ -72,6 +85,7 @@ def evaluate_model(
     iou: float = 0.6,
     threads: int = 0,
     progress: Callable[[Iterable[Sample]], Iterator[Sample]] | None = None,
+    slicing: Slicing | None = None,
 ) -> DatasetEvaluation:
     """``edgeyolo test``'s measurement of a model (its runner, contract and scoring), for every command
     that reports mAP: the defaults keep the full precision-recall curve (a low score threshold)."""
@@ -83,4 +97,4 @@ def evaluate_model(
     channels = channel_order_for(model.cfg.net.channels)
     contract = Contract(size, size, channel_order=channels, conf_threshold=conf, iou_threshold=iou, max_detections=100)
     with make_runner(backend, model, contract, threads) as runner:
-        return evaluate_runner(runner, contract, dataset, metric, progress)
+        return evaluate_runner(runner, contract, dataset, metric, progress, slicing)
