@@ -18,7 +18,7 @@ def test(
     conf: float = typer.Option(0.001, "--conf", "--conf-thres", help="Score threshold (low: mAP needs the full PR curve)."),
     iou: float = typer.Option(0.6, "--iou", "--iou-thres", help="NMS IoU threshold."),
     metric: str = typer.Option("coco", "--metric", help="coco | voc07 | voc12."),
-    split: str = typer.Option("val", "--split", help="Dataset split: train | val | test."),
+    split: str = typer.Option("val", "--split", help="Dataset split: train | val | test (val_region: the whole val region of a data tile set)."),
     backend: str = typer.Option("onnxruntime", "--backend", help="torch | onnxruntime | opencv."),
     threads: int = typer.Option(0, "--threads", help="Inference threads (0 = backend default)."),
     save_json: Optional[Path] = typer.Option(None, "--save-json", help="Write COCO-style detections here."),

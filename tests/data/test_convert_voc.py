@@ -200,3 +200,22 @@ def test_dataset_survives_moving_the_source_and_has_no_symlinks(tmp_path):
         assert all(cv2.imread(str(s.image)) is not None for s in ds.samples)
     linked = cv2.imread(str(out / "images" / "train" / "linked.jpg"))
     assert linked is not None and np.array_equal(linked, cv2.imread(str(tmp_path / "moved" / "train" / "JPEGImages" / "train_000.jpg")))
+
+
+def test_adding_a_split_to_an_existing_dataset_and_a_failed_run_leaves_it_intact(tmp_path):
+    src = split_folders(tmp_path / "tiles", {"train": 3, "val": 2}, lists=False)
+    out = tmp_path / "out"
+    voc_to_yolo(src, out)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    empty_val = split_folders(tmp_path / "other", {"train": 2, "val": 1}, lists=True)
+    with pytest.raises(InputFileError, match="val split has no readable image"):
+        voc_to_yolo(empty_val, out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before and not leftovers(tmp_path)
+    from edgeyolo.data.convert import write_yolo_dataset
+
+    extra = load_dataset(out / "data.yaml", "val").samples
+    result = write_yolo_dataset({"test": extra}, ["Tree"], out)  # a new split beside the old ones
+    assert result.images == {"test": 2}
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert [k for k in data if k in ("train", "val", "test")] == ["train", "val", "test"]
+    assert len(load_dataset(out / "data.yaml", "train").samples) == 3 and not leftovers(tmp_path)
