@@ -353,6 +353,7 @@ def _drop_difficult(samples: list[Sample], keep: bool) -> tuple[list[Sample], in
 _SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test",)}
 _IMAGE_FOLDERS = ("JPEGImages", "images", "Images", "imgs", "img", "jpg", "JPEGImages_tiles")
 _ANNOTATION_FOLDERS = ("Annotations", "annotations", "xml", "xmls", "labels_xml")
+_NOT_IMAGES = {"SegmentationClass", "SegmentationObject", "ImageSets", "labels"}  # masks share the image stems
 
 
 @dataclass
@@ -389,7 +390,7 @@ def _image_folders(ann_dir: Path, root: Path) -> list[Path]:
     folders = [ann_dir, *(root / n for n in _IMAGE_FOLDERS)]
     for base in dict.fromkeys((ann_dir.parent, root)):
         if base.is_dir():
-            folders.extend(sorted(p for p in base.iterdir() if p.is_dir() and p != ann_dir))
+            folders.extend(sorted(p for p in base.iterdir() if p.is_dir() and p != ann_dir and p.name not in _NOT_IMAGES))
     return list(dict.fromkeys(f for f in folders if f.is_dir())) or [ann_dir]
 
 
@@ -418,7 +419,7 @@ def _root_parts(root: Path, ann_dir: Path, list_dirs: Sequence[Path]) -> dict[st
             parts["val"] = _listed_part(ann_dir, root, val)
             if "test" in have:
                 parts["test"] = _listed_part(ann_dir, root, have["test"])
-        elif "test" in have and parts:
+        elif "test" in have:
             parts["val"] = _listed_part(ann_dir, root, have["test"])
         if parts:
             return parts
@@ -631,8 +632,12 @@ def voc_to_yolo(
         parts.update(split_by_hash(parts.pop("train"), val_fraction, str(src)))
         notes.append(f"no val list: {len(parts['val'])} of {total} train images put in val by a stable hash (--val-fraction {val_fraction})")
     for split in ("train", "val"):
-        if not parts.get(split):
+        if split in parts and not parts[split]:
             raise InputFileError(f"{src}: the {split} split has no readable image; check its id list and images")
+    if "val" not in parts:
+        raise InputFileError(f"{src}: no val split; give a val list or folder, or let --val-fraction split the images")
+    if "train" not in parts:
+        notes.append("the data lists no train images (only val/test): the dataset has an empty train split")
     if src.name.lower() in {n for names_ in _SPLIT_FOLDERS.values() for n in names_}:
         siblings = [p.name for names_ in _SPLIT_FOLDERS.values() for n in names_ for p in [src.parent / n] if p.is_dir() and p != src]
         if siblings:

@@ -68,18 +68,18 @@ class Rect:
         return Rect(self.x0 - by, self.y0 - by, self.x1 + by, self.y1 + by)
 
 
-def parse_overlap(value: str | float, size: int) -> int:
+def parse_overlap(value: str | float, size: int, option: str = "--overlap") -> int:
     """Overlap in pixels from ``0.2`` (a fraction of ``size``), ``64`` or ``64px``."""
     text = str(value).strip().lower()
     try:
         number = float(text[:-2]) if text.endswith("px") else float(text)
     except ValueError:
-        raise UsageError(f"--overlap {value!r}: expected a fraction of the tile (0.2) or pixels (64, 64px)") from None
+        raise UsageError(f"{option} {value!r}: expected a fraction of the tile (0.2) or pixels (64, 64px)") from None
     if not math.isfinite(number) or number < 0:
-        raise UsageError(f"--overlap {value!r}: must be a finite number >= 0")
+        raise UsageError(f"{option} {value!r}: must be a finite number >= 0")
     px = round(number * size) if number < 1 and not text.endswith("px") else round(number)
     if px >= size:
-        raise UsageError(f"--overlap {value!r} is {px} px, not less than the tile size {size}")
+        raise UsageError(f"{option} {value!r} is {px} px, not less than the tile size {size}")
     return px
 
 

@@ -51,7 +51,7 @@ class Slicing:
         """From the CLI's values: ``overlap`` a fraction of the tile (0.2) or pixels (64, 64px)."""
         if tile < 32:
             raise UsageError(f"--tile must be at least 32 px, got {tile}")
-        return cls(tile, parse_overlap(overlap, tile))
+        return cls(tile, parse_overlap(overlap, tile, "--tile-overlap"))
 
     @property
     def edge_px(self) -> float:

@@ -219,3 +219,14 @@ def test_adding_a_split_to_an_existing_dataset_and_a_failed_run_leaves_it_intact
     data = yaml.safe_load((out / "data.yaml").read_text())
     assert [k for k in data if k in ("train", "val", "test")] == ["train", "val", "test"]
     assert len(load_dataset(out / "data.yaml", "train").samples) == 3 and not leftovers(tmp_path)
+
+
+def test_a_root_with_only_a_test_list_becomes_val(tmp_path):
+    root = tmp_path / "VOCtest"
+    for i in range(2):
+        write_voc(root / "Annotations" / f"t{i}.xml", root / "JPEGImages" / f"t{i}.jpg", [("cat", (1, 1, 9, 9))], seed=i)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "test.txt").write_text("t0\nt1\n")
+    result = voc_to_yolo(root, tmp_path / "out")
+    assert result.images == {"val": 2} and any("no train images" in n for n in result.notes)
+    assert load_dataset(tmp_path / "out" / "data.yaml", "train").samples == []
