@@ -133,14 +133,22 @@ def doctor(
     """What the board has for deploying and benchmarking: one line per tool, ok / missing / warn."""
     from edgeyolo.targets.runner import doctor as run_doctor
 
+    from edgeyolo.targets.runner import doctor_failures
+
     with _connect(device, inventory, trust_new_host_key) as transport:
         checks = run_doctor(transport)
+        target = transport.device.target
+    failed = doctor_failures(checks)
     if as_json:
         typer.echo(json.dumps([c.__dict__ for c in checks], indent=1))
-        return
-    colours = {"ok": "green", "missing": "yellow", "warn": "red"}
-    for c in checks:
-        typer.echo(f"{typer.style(f'{c.status:>7}', fg=colours.get(c.status))}  {c.name:<20} {c.detail}")
+    else:
+        colours = {"ok": "green", "missing": "yellow", "warn": "red"}
+        for c in checks:
+            status = typer.style(f"{c.status:>7}", fg="red" if c in failed else colours.get(c.status))
+            typer.echo(f"{status}  {c.name:<20} {c.detail}" + ("" if c.needed or c.status == "ok" else " (optional)"))
+    if failed:
+        typer.echo(f"error: {device} ({target}) lacks what it needs: {', '.join(c.name for c in failed)}", err=True)
+        raise typer.Exit(1)
 
 
 def _fmt(value: Optional[float], spec: str = ".1f") -> str:
@@ -381,6 +389,30 @@ def bench_deploy_throughput(
     Console(width=120).print(table)
 
 
+device_app = typer.Typer(help="Board housekeeping.", no_args_is_help=True)
+
+
+@device_app.command("clean")
+def clean(
+    device: str = DeviceOpt,
+    inventory: Optional[Path] = InventoryOpt,
+    trust_new_host_key: bool = TrustOpt,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Remove the partial uploads interrupted deploys left in the board's workdir."""
+    from edgeyolo.targets.runner import clean as run_clean
+
+    with _connect(device, inventory, trust_new_host_key) as transport:
+        removed = run_clean(transport)
+    if as_json:
+        typer.echo(json.dumps({"device": device, "removed": [{"path": p, "bytes": n} for p, n in removed]}, indent=1))
+        return
+    for path, n in removed:
+        typer.echo(f"removed  {_size(n):>9}  {path}")
+    typer.echo(f"{device}: {len(removed)} partial uploads removed, {_size(sum(n for _, n in removed))} freed")
+
+
 def register(app: typer.Typer) -> None:
     app.command("deploy")(deploy)
     app.command("doctor")(doctor)
+    app.add_typer(device_app, name="device")

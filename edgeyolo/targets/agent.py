@@ -21,6 +21,7 @@ line by line, so whatever the agent finished survives if it is killed):
                                           drawn into a video and/or detections as JSON lines, FPS at the end
 """
 import argparse
+import errno
 import glob
 import json
 import os
@@ -466,10 +467,31 @@ def load_backend(model, threads=0):
 # ============================================================================ board state
 
 
+# A non-login SSH session's PATH often lacks the sbin folders (nvpmodel is /usr/sbin/nvpmodel on
+# JetPack) and vendor folders: tools are looked for there too, as trtexec is.
+TOOL_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin", "/usr/local/bin", "/opt/nvidia/jetson/bin")
+
+
+def find_tool(name):
+    """The tool's path: on PATH, else in the usual system folders; None when absent."""
+    if os.sep in name:
+        return name if os.path.isfile(name) else None
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in TOOL_DIRS:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
 def _run(cmd, timeout=10):
     """{'cmd', 'code', 'out'} of a tool, or None when it is not installed."""
-    if shutil.which(cmd[0]) is None and not os.path.isfile(cmd[0]):
+    tool = find_tool(cmd[0])
+    if tool is None:
         return None
+    cmd = [tool] + list(cmd[1:])
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, universal_newlines=True)
         return {"cmd": " ".join(cmd), "code": p.returncode, "out": p.stdout[-20000:]}
@@ -580,8 +602,8 @@ def board_state(workdir=".", modules=True):
         "jetpack": _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"]),
         "nvpmodel": _run(["nvpmodel", "-q"]),
         "jetson_clocks": _run(["jetson_clocks", "--show"]),
-        "trtexec": shutil.which("trtexec") or next((p for p in TRTEXEC_PATHS if os.path.isfile(p)), None),
-        "xdputil": shutil.which("xdputil"),
+        "trtexec": find_tool("trtexec") or next((p for p in TRTEXEC_PATHS if os.path.isfile(p)), None),
+        "xdputil": find_tool("xdputil"),
         "xdputil_query": _run(["xdputil", "query"], timeout=20),
         "meminfo": _read("/proc/meminfo"),
         "tensorrt": tensorrt_version(import_module=modules),
@@ -605,10 +627,12 @@ class Tegrastats(object):
     def __init__(self, interval_ms=500):
         self.lines = []
         self.proc = None
-        if shutil.which("tegrastats"):
+        tool = find_tool("tegrastats")
+        if tool:
             try:
-                self.proc = subprocess.Popen(["tegrastats", "--interval", str(interval_ms)], stdout=subprocess.PIPE,
+                self.proc = subprocess.Popen([tool, "--interval", str(interval_ms)], stdout=subprocess.PIPE,
                                              stderr=subprocess.DEVNULL, universal_newlines=True)
+                CHILDREN.append(self.proc)
             except OSError:
                 self.proc = None
         if self.proc is not None:
@@ -631,27 +655,98 @@ class Tegrastats(object):
         return "\n".join(self.lines)
 
 
+# ============================================================================ watchdog
+
+CHILDREN = []  # processes this agent started (tegrastats): stopped with it
+
+
+def _give_up(reason):
+    sys.stderr.write(f"edgeyolo-agent: stopping: {reason}\n")
+    sys.stderr.flush()
+    for proc in CHILDREN:
+        try:
+            proc.kill()
+        except OSError:
+            pass
+    os._exit(4)
+
+
+def start_watchdog(seconds):
+    """Stop when the client is gone. It sends a newline on our stdin every second; EOF (its
+    connection closed: the client died or was interrupted) or ``seconds`` without a newline (the
+    network went silent) ends the agent at once, so no orphan keeps the board busy."""
+    if not seconds or seconds <= 0:
+        return
+    last = [time.time()]
+
+    def read():
+        while True:
+            try:
+                chunk = os.read(0, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                _give_up("the client closed the connection")
+            last[0] = time.time()
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if time.time() - last[0] > seconds:
+                _give_up(f"no heartbeat from the client for {seconds:g} s")
+
+    for target in (read, watch):
+        threading.Thread(target=target, daemon=True).start()
+
+
 # ============================================================================ results file
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(path, exc):
+    """The AgentError for a write that found the disk full: what, where and how much is free."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(folder)
+        free = f"{st.f_bavail * st.f_frsize // 1000} kB free"
+    except OSError:
+        free = "free space unknown"
+    return AgentError(f"the board's disk is full: cannot write {path} ({free} in {folder}); the records written "
+                      f"before are kept. Free space on the board ({exc.strerror})")
+
+
 class JsonLines(object):
-    """Append-only results: one JSON object per line, flushed at once (a kill loses nothing written)."""
+    """Append-only results: one JSON object per line, each written by one unbuffered write (a kill
+    loses nothing written; a full disk loses at most the line being written, and says so)."""
 
     def __init__(self, path):
+        self.path = path
         folder = os.path.dirname(path)
-        if folder and not os.path.isdir(folder):
-            os.makedirs(folder)
-        self.fh = open(path, "a")
+        try:
+            if folder and not os.path.isdir(folder):
+                os.makedirs(folder)
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            if exc.errno in NO_SPACE:
+                raise disk_full(path, exc)
+            raise
         self.lock = threading.Lock()
 
     def write(self, **record):
-        line = json.dumps(record, sort_keys=True)
+        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
         with self.lock:
-            self.fh.write(line + "\n")
-            self.fh.flush()
+            try:
+                if os.write(self.fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as exc:
+                if exc.errno in NO_SPACE:
+                    raise disk_full(self.path, exc)
+                raise
 
     def close(self):
-        self.fh.close()
+        os.close(self.fd)
 
 
 # ============================================================================ commands
@@ -939,6 +1034,8 @@ def main(argv=None):
         p.add_argument("--out", required=True)
         p.add_argument("--ort-threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
         p.add_argument("--workdir", default=".")
+        p.add_argument("--watchdog", type=float, default=0.0,
+                       help="stop when stdin closes or carries no newline for this many seconds (0: off)")
     bench = sub.choices["bench"]
     bench.add_argument("--duration", type=float, default=30.0, help="timed seconds per phase")
     bench.add_argument("--warmup", type=float, default=3.0, help="untimed seconds before each phase")
@@ -971,6 +1068,7 @@ def main(argv=None):
     if args.command not in commands:
         parser.print_help(sys.stderr)
         return 2
+    start_watchdog(getattr(args, "watchdog", 0.0))
     try:
         commands[args.command](args)
     except AgentError as exc:

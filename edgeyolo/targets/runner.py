@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -305,13 +305,18 @@ def summarize_records(records: list[dict[str, Any]], bench: DeviceBench) -> Devi
     return bench
 
 
+WATCHDOG_S = 10.0  # the agent stops this long after the client's last heartbeat (at once when it dies)
+
+
 def run_agent(
     transport: Transport, argv: Sequence[object], out: str, timeout: float, on_log: LineSink | None
 ) -> tuple[list[dict[str, Any]], TargetError | None]:
-    """Run the agent; whatever happens, read back the records it wrote."""
+    """Run the agent under a watchdog (a client that dies or goes silent stops it); whatever
+    happens, read back the records it wrote."""
     error: TargetError | None = None
     try:
-        transport.run([transport.device.python, AGENT, *argv, "--out", out], timeout=timeout, on_stderr=on_log)
+        transport.run([transport.device.python, AGENT, *argv, "--out", out, "--watchdog", WATCHDOG_S],
+                      timeout=timeout, on_stderr=on_log, heartbeat=1.0)
     except (RemoteCommandError, RemoteTimeout, ConnectionFailed) as exc:
         error = exc
     data = None
@@ -483,6 +488,34 @@ def predict_on_device(
     return DeviceEvaluation(result, detections, samples, skipped, float(done.get("infer_seconds", 0.0)), remote_model)
 
 
+# ------------------------------------------------------------------------------------ housekeeping
+
+# removes partial uploads (".<name>.<sha256 prefix>.part") under the workdir; prints [[path, bytes], ...]
+_CLEAN = r"""
+import json, os, re, sys
+part = re.compile(r"^\..+\.[0-9a-f]{16}\.part$")
+gone = []
+for folder, _, names in os.walk(sys.argv[1]):
+    for name in names:
+        if part.match(name):
+            path = os.path.join(folder, name)
+            try:
+                size = os.path.getsize(path); os.remove(path); gone.append([path, size])
+            except OSError:
+                pass
+print(json.dumps(gone))
+"""
+
+
+def clean(transport: Transport) -> list[tuple[str, int]]:
+    """Remove every partial upload left in the workdir by interrupted deploys (each can be as large
+    as the model it was), under the board lock so that no upload in progress loses its file."""
+    dev = transport.device
+    with BoardLock(transport, "clean"):
+        res = transport.run([dev.python, "-c", _CLEAN, dev.remote_workdir], timeout=120, cwd=None)
+    return [(p, int(n)) for p, n in json.loads(res.stdout)]
+
+
 # ------------------------------------------------------------------------------------ doctor
 
 
@@ -491,6 +524,34 @@ class Check:
     name: str
     status: str  # ok | missing | warn
     detail: str = ""
+    needed: bool = False  # the target cannot deploy or bench without it: doctor fails when it is missing
+
+
+# what each kind of board needs; rows of another family are not shown at all
+NEEDED = {
+    "generic": {"ssh", "python", "numpy", "opencv", "disk"},
+    "host": {"ssh", "python", "numpy", "opencv", "onnxruntime", "disk"},
+    "jetson": {"ssh", "python", "numpy", "opencv", "disk", "tensorrt", "pycuda / cuda-python", "trtexec", "L4T / JetPack"},
+    "zynq": {"ssh", "python", "numpy", "opencv", "disk", "vart", "xir", "xdputil"},
+}
+_JETSON_ROWS = {"tensorrt", "pycuda / cuda-python", "trtexec", "L4T / JetPack", "nvpmodel", "jetson_clocks", "DLA vs profile", "swap"}
+_ZYNQ_ROWS = {"vart", "xir", "xdputil", "DPU vs profile"}
+HIDDEN = {"generic": set(), "host": _JETSON_ROWS | _ZYNQ_ROWS, "jetson": _ZYNQ_ROWS, "zynq": _JETSON_ROWS}
+
+
+def board_kind(target: str) -> str:
+    """jetson | zynq | host for a known target profile, generic otherwise (every row, few needed)."""
+    from edgeyolo.targets.profiles import get_target
+
+    try:
+        return get_target(target).family.value
+    except (UsageError, TargetError):
+        return "generic"
+
+
+def doctor_failures(checks: Sequence[Check]) -> list[Check]:
+    """The needed rows that are missing: a non-empty list fails ``edgeyolo doctor``."""
+    return [c for c in checks if c.needed and c.status == "missing"]
 
 
 def _version_ok(text: str, minimum: tuple[int, ...]) -> bool:
@@ -501,7 +562,13 @@ def _version_ok(text: str, minimum: tuple[int, ...]) -> bool:
 
 
 def doctor(transport: Transport, on_log: LineSink | None = None) -> list[Check]:
-    """One line per thing a deploy or benchmark needs on the board: ok, missing or warn."""
+    """One line per thing a deploy or benchmark on this kind of board needs: ok, missing or warn;
+    ``needed`` marks what the target cannot do without (see :func:`doctor_failures`)."""
+    kind = board_kind(transport.device.target)
+    return [replace(c, needed=c.name in NEEDED[kind]) for c in _doctor(transport, on_log) if c.name not in HIDDEN[kind]]
+
+
+def _doctor(transport: Transport, on_log: LineSink | None = None) -> list[Check]:
     dev = transport.device
     checks = [Check("ssh", "ok", f"{dev.address} host key {getattr(transport, 'host_key_fingerprint', '') or 'recorded'}")]
     res = transport.run([dev.python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"], check=False, timeout=30)

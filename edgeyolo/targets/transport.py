@@ -34,17 +34,18 @@ import shlex
 import socket
 import threading
 import time
-import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from edgeyolo.errors import (
     AuthFailed,
     BoardBusy,
     ConnectionFailed,
     HostKeyError,
+    Interrupted,
     RemoteCommandError,
     RemoteTimeout,
     TargetError,
@@ -640,13 +641,25 @@ class SshTransport(Transport):
         "    except (IOError,OSError):out['hashes'][p]=None\n"
         "for d in req['space']:\n"
         "    st=os.statvfs(d);out['space'][d]=[st.f_bavail*st.f_frsize,os.stat(d).st_dev]\n"
+        "out['removed']=[]\n"
+        "for d,base,keep in req.get('stale',[]):\n"
+        "    for n in (os.listdir(d) if os.path.isdir(d) else []):\n"
+        "        p=os.path.join(d,n)\n"
+        "        if n.startswith('.'+base+'.') and n.endswith('.part') and p!=keep:\n"
+        "            try:\n"
+        "                s=os.path.getsize(p);os.remove(p);out['removed'].append([p,s])\n"
+        "            except OSError:pass\n"
         "print(json.dumps(out))\n"
     )
 
-    def probe(self, paths: Sequence[str] = (), mkdir: Sequence[str] = (), space: Sequence[str] = ()) -> dict[str, Any]:
+    def probe(
+        self, paths: Sequence[str] = (), mkdir: Sequence[str] = (), space: Sequence[str] = (),
+        stale: Sequence[tuple[str, str, str]] = (),
+    ) -> dict[str, Any]:
         """One round trip (the board's python) that creates folders, hashes files (size, sha256; None
-        when missing) and reports free bytes + filesystem id of folders."""
-        request = json.dumps({"mkdir": list(mkdir), "hash": list(paths), "space": list(space)})
+        when missing), reports free bytes + filesystem id of folders and removes stale partial
+        uploads: ``(folder, name, keep)`` removes every ``.name.*.part`` in folder but ``keep``."""
+        request = json.dumps({"mkdir": list(mkdir), "hash": list(paths), "space": list(space), "stale": [list(x) for x in stale]})
         res = self.run([self.device.python, "-c", self._PROBE, request], timeout=self.device.command_timeout, cwd=None)
         data = json.loads(res.stdout)
         data["hashes"] = {p: (tuple(v) if v else None) for p, v in data["hashes"].items()}
@@ -682,7 +695,11 @@ class SshTransport(Transport):
             return []
         # every path here is absolute or relative to the login directory, as SFTP sees them
         folders = sorted({i["folder"] for i in items})
-        state = self.probe([i["final"] for i in items] + [i["part"] for i in items], mkdir=folders, space=folders)
+        # partials of another version of these files can never be resumed: they only take space
+        stale = [(i["folder"], posixpath.basename(i["final"]), i["part"]) for i in items]
+        state = self.probe([i["final"] for i in items] + [i["part"] for i in items], mkdir=folders, space=folders, stale=stale)
+        for path, size in state.get("removed", []):
+            log.info("%s: removed the stale partial upload %s (%d bytes)", self.device.name, path, size)
         have = state["hashes"]
         uploads: dict[int, Upload] = {}
         todo = []
@@ -738,39 +755,57 @@ class SshTransport(Transport):
 
         sent = 0
         sftp = self.sftp()
+        dst = None
+        src = open(local, "rb")  # noqa: SIM115 - closed in finally
         try:
-            with open(local, "rb") as src, sftp.open(part, "r+b" if offset else "wb") as dst:
-                dst.set_pipelined(True)
-                if offset:
-                    dst.seek(offset)
-                    src.seek(offset)
-                while True:
-                    block = src.read(CHUNK)
-                    if not block:
-                        break
-                    dst.write(block)
-                    sent += len(block)
-                    if progress is not None:
-                        progress(offset + sent, size)
+            # not a `with`: on an interrupt the remote file must not be closed gracefully, which
+            # waits for the server to acknowledge every pipelined write (up to transfer_timeout)
+            dst = sftp.open(part, "r+b" if offset else "wb")
+            dst.set_pipelined(True)
+            if offset:
+                dst.seek(offset)
+                src.seek(offset)
+            while True:
+                block = src.read(CHUNK)
+                if not block:
+                    break
+                dst.write(block)
+                sent += len(block)
+                if progress is not None:
+                    progress(offset + sent, size)
+            dst.close()  # waits for the acknowledgements: write errors (ENOSPC) surface here
+        except KeyboardInterrupt:
+            if dst is not None:
+                dst._closed = True  # nothing more goes to a connection being dropped, not even from __del__
+            self.abort()
+            raise Interrupted(
+                f"{self.device.name}: interrupted while uploading {local.name} ({offset + sent} of {size} bytes sent); "
+                f"the partial file stays on the board and the next deploy resumes the upload from it"
+            ) from None
         except socket.timeout:
-            self.close()
+            self.abort()
             raise RemoteTimeout(
                 f"{self.device.name}: upload of {local.name} stalled for {self.device.transfer_timeout:g} s after "
                 f"{offset + sent} of {size} bytes; the partial file is kept and the next deploy resumes it"
             ) from None
         except (EOFError, paramiko.SSHException, ConnectionError) as exc:
-            self.close()
+            self.abort()
             raise ConnectionFailed(
                 f"{self.device.name}: connection lost while uploading {local.name} after {offset + sent} of {size} "
                 f"bytes ({exc or type(exc).__name__}); rerun the deploy to resume from the partial file"
             ) from None
         except OSError as exc:
             if not self.connected:
-                self.close()
+                self.abort()
                 raise ConnectionFailed(
                     f"{self.device.name}: connection lost while uploading {local.name} after {offset + sent} of "
                     f"{size} bytes; rerun the deploy to resume from the partial file"
                 ) from None
+            if dst is not None:
+                try:
+                    dst.close()
+                except (OSError, EOFError, paramiko.SSHException):
+                    pass
             free = self.free_bytes(posixpath.dirname(part) or ".")
             self.run(["rm", "-f", part], check=False, cwd=None)  # a partial that cannot grow only takes space
             if free is not None and free < size - offset - sent + CHUNK:
@@ -779,6 +814,8 @@ class SshTransport(Transport):
                     f"free next to {part}); nothing was replaced. Free space or point workdir elsewhere"
                 ) from None
             raise TargetError(f"{self.device.name}: writing {part} failed: {exc}; nothing was replaced") from None
+        finally:
+            src.close()
         return sent
 
     def get(self, remote: str, local: str | Path) -> Path:
