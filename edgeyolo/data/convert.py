@@ -182,13 +182,13 @@ class DatasetStage:
             d.mkdir(parents=True, exist_ok=True)
         return dirs
 
-    def commit(self, names: Sequence[str], category_ids: Sequence[int] | None = None, extra: Mapping | None = None) -> Path:
+    def commit(self, names: Sequence[str], category_ids: Sequence[int] | None = None) -> Path:
         """Write data.yaml + the names file and move everything to ``out``; returns data.yaml."""
         out, root = self.out, self.root
         if not out.exists() or not any(out.iterdir()):
             for split in ("train", "val"):
                 self.split_dirs(split)
-            _write_names_and_yaml(root, out, list(names), category_ids, extra)
+            _write_names_and_yaml(root, out, list(names), category_ids)
             if out.exists():
                 out.rmdir()
             os.rename(root, out)
@@ -205,7 +205,7 @@ class DatasetStage:
         for split in ("train", "val"):
             (out / "images" / split).mkdir(parents=True, exist_ok=True)
             (out / "labels" / split).mkdir(parents=True, exist_ok=True)
-        _write_names_and_yaml(out, out, list(names), category_ids, extra)
+        _write_names_and_yaml(out, out, list(names), category_ids)
         shutil.rmtree(root, ignore_errors=True)
         return out / "data.yaml"
 
@@ -286,7 +286,7 @@ def _unique_name(src: Path, used: dict[str, Path]) -> str:
 NAMES_FILE = "classes.names"
 
 
-def _write_names_and_yaml(folder: Path, out: Path, names: list[str], category_ids: Sequence[int] | None, extra: Mapping | None = None) -> Path:
+def _write_names_and_yaml(folder: Path, out: Path, names: list[str], category_ids: Sequence[int] | None) -> Path:
     """``classes.names`` and ``data.yaml`` in ``folder`` (the yaml's ``path`` is the final ``out``)."""
     import yaml
 
@@ -302,8 +302,6 @@ def _write_names_and_yaml(folder: Path, out: Path, names: list[str], category_id
     data["names_file"] = NAMES_FILE
     if category_ids is not None:
         data["coco_category_ids"] = [int(i) for i in category_ids]
-    if extra:
-        data.update(extra)
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     path = atomic_write_text(folder / "data.yaml", text)
     os.chmod(path, 0o666 & ~umask)
