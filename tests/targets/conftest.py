@@ -2,6 +2,7 @@
 authorized key and pid file, started once per session. Tests that need it skip when sshd is absent."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -190,3 +191,23 @@ def transport(device):
 
 def with_(device, **changes):
     return replace(device, **changes)
+
+
+INVENTORY_FIELDS = ("target", "host", "port", "user", "key_file", "known_hosts", "workdir", "python")
+
+
+def write_inventory(device, path: Path, **changes) -> list[str]:
+    """devices.yaml with the loopback board as 'loop' (the board-wide default lock file, as a user
+    has it); the CLI arguments that select it."""
+    d = replace(device, **changes)
+    path.write_text(json.dumps({"devices": {"loop": {k: getattr(d, k) for k in INVENTORY_FIELDS}}}))  # JSON is YAML
+    return ["--inventory", str(path), "--device", "loop"]
+
+
+def cli(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
+    """``edgeyolo ARGS`` in a child process (to be interrupted or killed like a user's)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    code = "import sys; from edgeyolo.cli.app import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)

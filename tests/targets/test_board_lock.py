@@ -76,17 +76,19 @@ def full_disk(tmp_path):
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a 64 kB tmpfs to fake a full disk: {proc.stderr.strip()}")
-    (mount / "board").mkdir()
-    fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
-    try:  # fill it to the last byte
-        while os.write(fd, b"\0" * 4096):
+    try:
+        (mount / "board").mkdir()
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:  # fill it to the last byte
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
             pass
-    except OSError:
-        pass
+        finally:
+            os.close(fd)
+        yield mount
     finally:
-        os.close(fd)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_board_disk_is_said_and_leaves_nothing(device, full_disk):
