@@ -98,9 +98,11 @@ class RemoteCommandError(TargetError):
         self.code = code
         self.stderr = stderr
         lines = stderr.strip().splitlines()
-        if shown:  # the board's stderr was already printed as it came: only its last line again
+        if shown:  # the board's stderr was already printed as it came: only its last line again, on one line
             last = f": {lines[-1].strip()}" if lines else " (no stderr)"
-            super().__init__(f"remote command failed with exit code {code}{last}" + (f" ({hint})" if hint else "") + f" [{cmd}]")
+            short = " ".join(cmd.split())
+            short = short if len(short) <= 160 else short[:157] + "..."
+            super().__init__(f"remote command failed with exit code {code}{last}" + (f" ({hint})" if hint else "") + f" [{short}]")
             return
         tail = "\n".join(lines[-15:])
         detail = f"\n{tail}" if tail else " (no stderr)"

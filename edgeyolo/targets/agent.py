@@ -661,8 +661,11 @@ CHILDREN = []  # processes this agent started (tegrastats): stopped with it
 
 
 def _give_up(reason):
-    sys.stderr.write(f"edgeyolo-agent: stopping: {reason}\n")
-    sys.stderr.flush()
+    try:  # the client's end of stderr may be gone with it
+        sys.stderr.write(f"edgeyolo-agent: stopping: {reason}\n")
+        sys.stderr.flush()
+    except (IOError, OSError, ValueError):
+        pass
     for proc in CHILDREN:
         try:
             proc.kill()
@@ -778,11 +781,12 @@ def run_phase(backend, contract, images, streams, warmup, duration, out):
     end = start_timed + duration
     workers = [backend.for_thread() for _ in range(streams)]
     errors = []
+    stop = threading.Event()  # set when this phase fails (a full disk): the streams end before we do
 
     def loop(worker, offset):
         i = offset
         try:
-            while time.time() < end:
+            while time.time() < end and not stop.is_set():
                 image = images[i % len(images)]
                 i += streams
                 t0 = time.perf_counter()
@@ -802,17 +806,25 @@ def run_phase(backend, contract, images, streams, warmup, duration, out):
     out.write(kind="phase_start", streams=streams, warmup=warmup, duration=duration)
     for t in threads:
         t.start()
-    while time.time() < start_timed and any(t.is_alive() for t in threads):
-        time.sleep(0.05)
-    timed_from = time.time()
-    frames = 0
-    while any(t.is_alive() for t in threads):
-        time.sleep(0.5)
-        with lock:
-            batch, lat[:] = list(lat), []
-        if batch:
-            frames += len(batch)
-            out.write(kind="frames", streams=streams, t=round(time.time() - timed_from, 4), lat=batch)
+    try:
+        while time.time() < start_timed and any(t.is_alive() for t in threads):
+            time.sleep(0.05)
+        timed_from = time.time()
+        frames = 0
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.5)
+            with lock:
+                batch, lat[:] = list(lat), []
+            if batch:
+                frames += len(batch)
+                out.write(kind="frames", streams=streams, t=round(time.time() - timed_from, 4), lat=batch)
+    except BaseException:
+        # an inference runtime's threads still running at interpreter exit abort the process
+        # (std::terminate): a clear error would become "killed by a signal"
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        raise
     with lock:
         batch, lat[:] = list(lat), []
     seconds = time.time() - timed_from
@@ -824,11 +836,26 @@ def run_phase(backend, contract, images, streams, warmup, duration, out):
         raise AgentError("inference failed: " + errors[0])
 
 
+def _stdout_to_stderr(fn, *args, **kwargs):
+    """Call ``fn`` with file descriptor 1 pointing at stderr: a broken vendor module that prints
+    while it is imported (a numpy mismatch does) must not corrupt the JSON on stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def cmd_info(args):
     if args.engine:  # only what a TensorRT engine is tied to: quick, no other module imported
-        print(json.dumps({"agent": AGENT_VERSION, "tensorrt": tensorrt_version(), "gpu": gpu_name()}, sort_keys=True))
+        state = _stdout_to_stderr(lambda: {"agent": AGENT_VERSION, "tensorrt": tensorrt_version(), "gpu": gpu_name()})
+        print(json.dumps(state, sort_keys=True))
         return
-    print(json.dumps(board_state(args.workdir), sort_keys=True))
+    print(json.dumps(_stdout_to_stderr(board_state, args.workdir), sort_keys=True))
 
 
 def cmd_bench(args):
@@ -1073,6 +1100,12 @@ def main(argv=None):
         commands[args.command](args)
     except AgentError as exc:
         sys.stderr.write(f"edgeyolo-agent: error: {exc}\n")
+        if args.command in ("bench", "predict", "app"):
+            # a runtime's threads (onnxruntime, TensorRT) may still run: their teardown at interpreter
+            # exit can abort the process, and exit code 3 would read as "killed by a signal"
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(3)
         return 3
     return 0
 

@@ -317,7 +317,9 @@ def run_agent(
     try:
         transport.run([transport.device.python, AGENT, *argv, "--out", out, "--watchdog", WATCHDOG_S],
                       timeout=timeout, on_stderr=on_log, heartbeat=1.0)
-    except (RemoteCommandError, RemoteTimeout, ConnectionFailed) as exc:
+    except RemoteCommandError as exc:
+        error = _agent_error(transport, exc)
+    except (RemoteTimeout, ConnectionFailed) as exc:
         error = exc
     data = None
     for attempt in range(2):
@@ -330,6 +332,18 @@ def run_agent(
             transport.reconnect()
     records = parse_records(data.decode("utf-8", "replace")) if data else []
     return records, error
+
+
+AGENT_ERROR = "edgeyolo-agent: error: "
+
+
+def _agent_error(transport: Transport, exc: RemoteCommandError) -> TargetError:
+    """The agent's own one-line diagnosis (a full disk, a missing module) when it gave one, rather
+    than the exit status or whatever the runtime printed after it."""
+    said = [line[len(AGENT_ERROR):] for line in exc.stderr.splitlines() if line.startswith(AGENT_ERROR)]
+    if not said:
+        return exc
+    return TargetError(f"{transport.device.name}: the agent failed: {said[-1]}")
 
 
 def new_run_id() -> str:

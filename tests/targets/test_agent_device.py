@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from edgeyolo.contract import Contract
 from edgeyolo.targets.runner import bench_device, deploy, doctor, parse_records, predict_on_device
-from tests.targets.conftest import with_
+from tests.targets.conftest import cli, with_, write_inventory
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +149,106 @@ def test_cli_bench_device_with_map(cli_inventory, onnx_model, tiny_dataset, caps
     assert code == 0 and payload["phases"][0]["fps"] > 0 and 0.0 <= payload["accuracy"]["map50"] <= 1.0
     assert main(["bench", "device", *cli_inventory, "--model", str(onnx_model), "--duration", "0.3", "--warmup", "0"]) == 0
     assert "FPS" in capsys.readouterr().out
+
+
+def _agent_pid(device, timeout: float = 180.0) -> int:
+    """The pid of the bench agent on the loopback board, once it has timed frames."""
+    runs = Path(device.workdir) / "runs"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for f in runs.glob("*.jsonl") if runs.is_dir() else []:
+            records = parse_records(f.read_text())
+            if any(r["kind"] == "frames" for r in records):
+                return next(r["pid"] for r in records if r["kind"] == "start")
+        time.sleep(0.1)
+    raise AssertionError("the agent never reported timed frames")
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_client_killed_mid_bench_stops_the_agent(device, onnx_model, tmp_path):
+    """SIGKILL of `edgeyolo bench device` mid-run: the board's agent stops within 10 s (its stdin
+    closes with the connection). f6b95b9: the agent runs its whole 2 x 60 s (fails on the bound)."""
+    args = write_inventory(device, tmp_path / "devices.yaml")
+    proc = cli("bench", "device", *args, "--model", str(onnx_model), "--duration", "60", "--warmup", "0.2",
+               "--threads", "1", "--ort-threads", "1", cwd=tmp_path)
+    try:
+        pid = _agent_pid(device)
+        assert _running(pid)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    killed = time.monotonic()
+    while _running(pid) and time.monotonic() - killed < 30:
+        time.sleep(0.1)
+    assert not _running(pid) and time.monotonic() - killed <= 10.0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a 16 MB tmpfs to fill the board's disk: {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder: Path, leave: int) -> None:
+    """Fill the filesystem of ``folder``, then give back ``leave`` bytes."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(filler.stat().st_size - leave, 0))
+
+
+def test_a_disk_that_fills_during_a_bench_is_said(device, onnx_model, small_disk):
+    """f6b95b9: the agent's buffered results file fails at its flush and the run ends as
+    an unexplained failure (fails on ``"disk is full"``)."""
+    from edgeyolo.errors import TargetError
+    from edgeyolo.targets.transport import SshTransport
+
+    dev = with_(device, workdir=str(small_disk / "board"))
+    with SshTransport(dev) as t:
+        deploy(t, [onnx_model])
+        (small_disk / "board" / "runs").mkdir()
+        _fill(small_disk, 4096)  # room for the first records, not for the board state
+        with pytest.raises(TargetError) as exc:
+            bench_device(t, onnx_model, duration=1.0, warmup=0.0, streams=1, ort_threads=1)
+    message = str(exc.value)
+    assert "disk is full" in message and "killed by a signal" not in message
+    assert "Traceback" not in message
+
+
+def test_the_agent_says_a_full_disk_and_exits_3(tmp_path, small_disk, onnx_model):
+    """The agent alone on a full disk: its one-line error and exit code 3, not an abort."""
+    import shutil
+    import sys
+
+    from edgeyolo.targets.runner import agent_source
+
+    board = small_disk / "board"
+    (board / "models").mkdir(parents=True)
+    shutil.copy(agent_source(), board / "agent.py")
+    shutil.copy(onnx_model, board / "models" / "m.onnx")
+    _fill(small_disk, 4096)
+    proc = subprocess.run([sys.executable, "agent.py", "bench", "--model", "models/m.onnx", "--out", "runs/r.jsonl",
+                           "--duration", "1", "--warmup", "0", "--streams", "1", "--ort-threads", "1"],
+                          cwd=board, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("edgeyolo-agent: error: the board's disk is full")
