@@ -6,8 +6,12 @@ to paramiko. paramiko is imported inside the driver, never at package import.
 
 Guarantees of the SSH driver, each with a fault test in tests/targets:
 
-* host keys: an unknown or changed key is refused unless the caller explicitly trusts it, which
-  records it in the device's known_hosts file;
+* host keys: checked against known_hosts as OpenSSH keeps it (hashed and ``[host]:port`` names,
+  ``@revoked`` keys refused, ``@cert-authority`` lines skipped, unknown key types kept); an unknown
+  or changed key is refused unless the caller explicitly trusts it, which appends it to the file
+  under a lock (every other line and the mode are kept); the jump hosts' keys alike;
+* the device's host may be an alias of ``~/.ssh/config`` (HostName, Port, User, IdentityFile,
+  ProxyJump through direct-tcpip channels); keys from ssh-agent are offered;
 * every remote command is built from an argv list, each item ``shlex.quote``-d;
 * timeouts on connect, on every command (the remote process is stopped when it fires) and on
   transfers (no progress for ``transfer_timeout`` seconds);
@@ -15,8 +19,12 @@ Guarantees of the SSH driver, each with a fault test in tests/targets:
   written under a temporary name, verified by sha256 and renamed into place, so the target name
   never holds a partial file; after a dropped connection the next upload appends to the partial
   once its prefix hash matches the local file;
-* a lock directory on the board (``mkdir`` is atomic) so two clients never share it; a lock whose
-  holder stopped refreshing it expires;
+* a board-wide lock (an flock on ``lock_file``, held by a process fed heartbeats over its stdin)
+  so two clients never share a board, whatever their workdir: it goes with a client that dies,
+  expires when the heartbeats stop, and is broken at once when its owner is a dead process of this
+  same machine (machine id + boot id + pid namespace + pid);
+* an interrupt (Ctrl-C) drops the connection at once instead of waiting for the pipelined writes;
+  the partial upload stays and the next deploy resumes it;
 * secrets (passphrases, passwords) are read from the environment at connect time and are never
   logged or put in a message.
 """
@@ -374,7 +382,7 @@ class SshTransport(Transport):
                             what, kind, fp, known_path)
                 record_host_key(known_path, hop.host, hop.port, key, replace=changed)
                 if sock is not None:  # the tunnel is spent with the failed attempt: open another
-                    sock = self._tunnel(self._jumps[-1], self.jump_hops[-1], hop)
+                    sock = self._tunnel(self._jumps[-1], self.jump_hops[len(self._jumps) - 1], hop)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _keys(self, hop: Hop, what: str) -> list[Any]:
@@ -1026,7 +1034,10 @@ class BoardLock:
         if first is None:
             err = proc.stderr_text().strip()
             proc.close()
-            raise TargetError(f"{dev.name}: could not take the board lock {self.path}: {err.splitlines()[-1] if err else 'no answer'}")
+            raise TargetError(
+                f"{dev.name}: could not take the board lock {self.path} with {dev.python}: "
+                f"{err.splitlines()[-1] if err else 'no answer'}; is python right in the inventory?"
+            )
         word, *rest = first.split(" ", 3)
         if word == "ACQUIRED":
             self._proc, self.held, self.lost = proc, True, False

@@ -171,7 +171,9 @@ def test_a_jump_host_and_its_own_host_key(device, sshd, sshd_jump, home):
     dev = with_(device, host="board", port=22)
     with pytest.raises(HostKeyError, match="jump host jumpbox.*unknown host key"):
         SshTransport(dev)
-    known.write_text(known.read_text() + sshd_jump.known_hosts.read_text())
+    with SshTransport(dev, trust_new_host_key=True) as t:  # recorded, then the board is reached through it
+        assert t.run(["true"]).code == 0
+    assert known.read_text() == sshd.known_hosts.read_text() + sshd_jump.known_hosts.read_text()
     deadline = time.monotonic() + 10
     while _children(sshd_jump.proc.pid) and time.monotonic() < deadline:  # the refused attempt's session ends
         time.sleep(0.05)
