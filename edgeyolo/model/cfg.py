@@ -9,11 +9,15 @@ shapes (``edgeyolo info``, target checks) never import it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Sequence, Union
 
 from edgeyolo.errors import CfgError, InputFileError, UnsupportedLayerError, UsageError
+
+log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("leaky", "mish", "linear", "relu", "logistic", "swish")
 
@@ -95,6 +99,111 @@ class _Options:
                     self.path,
                     self.lines[key],
                 )
+
+
+# ------------------------------------------------------------------------------------- known keys
+#
+# The keys darknet-AB's parser reads, per section. Darknet itself only prints "Unused field" for any
+# other key and carries on with its default, so ``fliters=16`` gives a one-filter conv and
+# ``batch_normalise=1`` a conv without batch norm. Here every other key is an error at its line.
+# Each known key is in one of four groups:
+#   used      what edgeyolo builds the model from;
+#   refused   honoured by darknet but not implemented here: an error unless it has its default
+#             (checked by the section's parser with ``reject_nondefault``);
+#   training  darknet's training, scheduling and bookkeeping options: no effect on what the model
+#             computes at inference; kept verbatim so that write -> parse round-trips;
+#   ignored   change what darknet outputs at inference, but edgeyolo does its own thing: warned
+#             about once per file and key (see ``_IGNORED``).
+
+_EVERY_LAYER = (
+    "clip", "onlyforward", "dont_update", "burnin_update", "stopbackward", "train_only_bn", "learning_rate",
+    "dontload", "dontloadscales",
+)
+
+_NET_KEYS = (
+    "width", "height", "channels", "inputs",
+    "batch", "subdivisions", "max_batches", "learning_rate", "learning_rate_min", "sgdr_cycle", "sgdr_mult",
+    "momentum", "decay", "time_steps", "track", "augment_speed", "sequential_subdivisions", "try_fix_nan",
+    "weights_reject_freq", "equidistant_point", "badlabels_rejection_percentage", "num_sigmas_reject_badlabels",
+    "ema_alpha", "use_cuda_graph", "loss_scale", "dynamic_minibatch", "optimized_memory", "workspace_size_limit_MB",
+    "adam", "B1", "B2", "eps", "max_crop", "min_crop", "flip", "blur", "gaussian_noise", "mixup", "cutmix", "mosaic",
+    "letter_box", "mosaic_bound", "contrastive", "contrastive_jit_flip", "contrastive_color", "unsupervised",
+    "label_smooth_eps", "resize_step", "attention", "adversarial_lr", "max_chart_loss", "angle", "aspect",
+    "saturation", "exposure", "hue", "power", "policy", "burn_in", "step", "scale", "steps", "scales", "seq_scales",
+    "gamma", "show_receptive_field", "stopbackward",
+    # the original (pjreddie) darknet's [net] options that darknet-AB dropped
+    "notruth", "random", "max_ratio", "min_ratio", "center", "clip",
+)
+
+SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "net": _NET_KEYS,
+    "convolutional": (
+        "filters", "size", "stride", "stride_x", "stride_y", "pad", "padding", "groups", "batch_normalize", "cbn",
+        "activation",
+        "dilation", "antialiasing", "share_index", "binary", "xnor", "sway", "rotate", "stretch", "stretch_sway",
+        "flipped", "coordconv", "deform",
+        "bin_output", "assisted_excitation", "dot", "angle", "grad_centr", "reverse", "stream", "wait_stream",
+        *_EVERY_LAYER,
+    ),
+    "maxpool": (
+        "size", "stride", "stride_x", "stride_y", "padding", "maxpool_depth", "out_channels", "antialiasing",
+        "maxpool_zero_nonmax", *_EVERY_LAYER,
+    ),
+    "avgpool": _EVERY_LAYER,
+    "route": ("layers", "groups", "group_id", "stream", "wait_stream", *_EVERY_LAYER),
+    "shortcut": ("from", "activation", "weights_type", "weights_normalization", *_EVERY_LAYER),
+    "upsample": ("stride", "scale", *_EVERY_LAYER),
+    "scale_channels": ("from", "scale_wh", "activation", *_EVERY_LAYER),
+    "dropout": ("probability", "dropblock", "dropblock_size_rel", "dropblock_size_abs", *_EVERY_LAYER),
+    "yolo": (
+        "classes", "num", "mask", "anchors", "scale_x_y", "new_coords",
+        "nms_kind", "beta_nms",
+        "max", "show_details", "max_delta", "counters_per_class", "label_smooth_eps", "objectness_smooth",
+        "iou_normalizer", "obj_normalizer", "cls_normalizer", "delta_normalizer", "iou_loss", "iou_thresh_kind",
+        "jitter", "resize", "focal_loss", "ignore_thresh", "truth_thresh", "iou_thresh", "random",
+        "track_history_size", "sim_thresh", "dets_for_track", "dets_for_show", "track_ciou_norm", "embedding_layer",
+        "map", *_EVERY_LAYER,
+    ),
+}
+_ALIASES = {"network": "net", "conv": "convolutional", "max": "maxpool", "avg": "avgpool"}
+
+# (section, key) -> (values that match what edgeyolo does, what edgeyolo does instead)
+_IGNORED: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
+    ("yolo", "nms_kind"): (
+        ("default", "greedynms"),
+        "edgeyolo applies plain greedy NMS (detect/test --iou), not darknet's DIoU or corners NMS",
+    ),
+}
+_warned: set[tuple[str, str, str]] = set()
+
+
+def _check_keys(section: str, options: dict[str, str], lines: dict[str, int], path: str) -> None:
+    """Refuse keys darknet does not read (at their line, with the nearest known key); warn, once per
+    file and key, about the few that change darknet's output but that edgeyolo does not reproduce."""
+    name = _ALIASES.get(section, section)
+    known = SECTION_KEYS[name]
+    for key, value in options.items():
+        if key not in known:
+            raise CfgError(_unknown_key_message(name, key, known), path, lines[key])
+        ignored = _IGNORED.get((name, key))
+        if ignored and value.strip() not in ignored[0] and (path, name, key) not in _warned:
+            _warned.add((path, name, key))
+            log.warning("%s:%d: [%s] %s=%s is ignored: %s", path, lines[key], name, key, value.strip(), ignored[1])
+
+
+def _unknown_key_message(section: str, key: str, known: Sequence[str]) -> str:
+    message = f"[{section}] unknown option '{key}'"
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) or difflib.get_close_matches(
+        key.lower(), [k.lower() for k in known], n=1, cutoff=0.6
+    )
+    if close:
+        nearest = next(k for k in known if k.lower() == close[0].lower())
+        return f"{message}; did you mean '{nearest}'? (darknet would ignore it and use the default)"
+    elsewhere = sorted(s for s, keys in SECTION_KEYS.items() if key in keys)
+    if elsewhere:
+        return f"{message}; it is an option of [{'], ['.join(elsewhere)}], not of [{section}]"
+    main = [k for k in known if k not in _EVERY_LAYER][:8]
+    return f"{message}; darknet reads none such here (the main ones: {', '.join(main)})"
 
 
 _REQUIRED = object()
@@ -336,7 +445,11 @@ def _absolute(opts: _Options, key: str, value: int, index: int) -> int:
 
 def _parse_conv(o: _Options, index: int) -> ConvSpec:
     o.reject_nondefault(
-        {"dilation": "1", "xnor": "0", "binary": "0", "antialiasing": "0", "deform": "0", "share_index": "-1"}
+        {
+            "dilation": "1", "xnor": "0", "binary": "0", "antialiasing": "0", "deform": "0",
+            "share_index": "-1000000000", "sway": "0", "rotate": "0", "stretch": "0", "stretch_sway": "0",
+            "flipped": "0", "coordconv": "0",
+        }
     )
     filters = o.positive("filters", o.int("filters", 1))
     size = o.positive("size", o.int("size", 1))
@@ -361,7 +474,8 @@ def _parse_conv(o: _Options, index: int) -> ConvSpec:
         stride=stride,
         padding=padding,
         groups=groups,
-        batch_normalize=bool(o.int("batch_normalize", 0)),
+        # cbn (cross-iteration batch norm) trains differently but infers, and is stored, as batch norm
+        batch_normalize=bool(o.int("batch_normalize", 0)) or bool(o.int("cbn", 0)),
         activation=o.choice("activation", "logistic", ACTIVATIONS),
     )
 
@@ -408,9 +522,12 @@ def _parse_upsample(o: _Options, index: int) -> UpsampleSpec:
 
 
 def _parse_maxpool(o: _Options, index: int) -> MaxPoolSpec:
-    o.reject_nondefault({"maxpool_depth": "0", "antialiasing": "0"})
+    o.reject_nondefault({"maxpool_depth": "0", "antialiasing": "0", "out_channels": "1", "maxpool_zero_nonmax": "0"})
     size = o.positive("size", o.int("size", 1))
     stride = o.positive("stride", o.int("stride", size))
+    for key in ("stride_x", "stride_y"):
+        if o.int(key, stride) != stride:
+            raise UnsupportedLayerError(f"[maxpool] '{key}' different from 'stride' is not supported", o.path, o.lines[key])
     padding = o.int("padding", size - 1)
     if padding < 0:
         raise o.error(f"'padding' must be >= 0, got {padding}", "padding")
@@ -490,6 +607,7 @@ def parse_cfg_text(text: str, path: str | Path = "<cfg>") -> Cfg:
     name, line, options, lines = sections[0]
     if name not in ("net", "network"):
         raise CfgError(f"the first section must be [net], got [{name}]", path, line)
+    _check_keys("net", options, lines, path)
     o = _Options("net", options, lines, path, line)
     net = NetSpec(
         options,
@@ -506,12 +624,17 @@ def parse_cfg_text(text: str, path: str | Path = "<cfg>") -> Cfg:
                 raise UnsupportedLayerError(f"layer type [{name}] is not supported by edgeyolo", path, line)
             known = ", ".join(sorted(set(_PARSERS) - {"conv", "max", "avg"}))
             raise CfgError(f"unknown section [{name}]; expected one of: net, {known}", path, line)
-        layers.append(parser(_Options(name, options, lines, path, line), index))
+        _check_keys(name, options, lines, path)
+        opts = _Options(name, options, lines, path, line)
+        # darknet reads these two in every layer: without the layer's weights in the file, or without
+        # its BN scales, the file layout is not the cfg's
+        opts.reject_nondefault({"dontload": "0", "dontloadscales": "0"})
+        layers.append(parser(opts, index))
     if not layers:
         raise CfgError("the cfg has a [net] section but no layers", path, net.line)
     cfg = Cfg(net=net, layers=tuple(layers), path=path)
     _check_heads(cfg)
-    infer_shapes(cfg)
+    check_model_size(cfg, infer_shapes(cfg))
     return cfg
 
 
@@ -616,6 +739,57 @@ def infer_shapes(cfg: Cfg, height: int | None = None, width: int | None = None) 
         shapes.append(out)
         prev = out
     return shapes
+
+
+# The largest darknet detectors hold 6.4e7 parameters (yolov4) and their largest feature map at 608 px
+# has 5.9e6 values. A cfg beyond these bounds is a typo (filters=99999999): refuse it here, with its
+# line, instead of letting the allocator fail with a traceback or the machine swap.
+MAX_PARAMETERS = 1_000_000_000  # 4 GB of fp32 weights
+MAX_FEATURE_MAP = 1 << 31  # values in one layer's output at batch 1 (8 GiB of fp32)
+
+
+def _layer_parameters(layer: LayerSpec, in_channels: int) -> int:
+    if not isinstance(layer, ConvSpec):
+        return 0
+    return layer.filters * (in_channels // layer.groups) * layer.size**2 + (2 if layer.batch_normalize else 1) * layer.filters
+
+
+def check_model_size(cfg: Cfg, shapes: Sequence[Shape] | None = None) -> None:
+    """CfgError when a layer's weights or output, or the whole model's weights, are absurdly large."""
+    shapes = infer_shapes(cfg) if shapes is None else shapes
+    total = 0
+    largest: tuple[int, LayerSpec | None] = (0, None)
+    in_channels = cfg.net.channels
+    for layer, shape in zip(cfg.layers, shapes):
+        params = _layer_parameters(layer, in_channels)
+        line = layer.line_of("filters") if isinstance(layer, ConvSpec) else layer.line
+        if params > MAX_PARAMETERS:
+            raise CfgError(
+                f"[{layer.section}] layer {layer.index} would hold {params:.3g} parameters ({4 * params / 1e9:.3g} GB); "
+                f"refusing anything over {MAX_PARAMETERS:.0e} (yolov4 holds 6.4e7): check filters= and size=",
+                cfg.path,
+                line,
+            )
+        values = shape[0] * shape[1] * shape[2]
+        if values > MAX_FEATURE_MAP:
+            raise CfgError(
+                f"[{layer.section}] layer {layer.index} would output {shape[0]}x{shape[1]}x{shape[2]} = {values:.3g} values "
+                f"per image ({4 * values / 2**30:.3g} GiB); refusing anything over {MAX_FEATURE_MAP:.3g}: check filters= "
+                "and the [net] width/height",
+                cfg.path,
+                line,
+            )
+        total += params
+        largest = max(largest, (params, layer), key=lambda t: t[0])
+        in_channels = shape[0]
+    if total > MAX_PARAMETERS and largest[1] is not None:
+        layer = largest[1]
+        raise CfgError(
+            f"the model would hold {total:.3g} parameters ({4 * total / 1e9:.3g} GB), the largest layer {layer.index} "
+            f"{largest[0]:.3g}; refusing anything over {MAX_PARAMETERS:.0e} (yolov4 holds 6.4e7)",
+            cfg.path,
+            layer.line_of("filters"),
+        )
 
 
 # --------------------------------------------------------------------------------------------- write

@@ -25,6 +25,7 @@ from edgeyolo.model.cfg import (
     ShortcutSpec,
     UpsampleSpec,
     YoloSpec,
+    check_model_size,
     infer_shapes,
     maxpool_geometry,
 )
@@ -168,6 +169,7 @@ class Darknet(nn.Module):
         super().__init__()
         self.cfg = cfg
         shapes = infer_shapes(cfg)
+        check_model_size(cfg, shapes)  # a cfg built in code (with_classes, pruning) gets the parser's bounds too
         in_channels = cfg.net.channels
         modules: list[nn.Module] = []
         for layer in cfg.layers:
