@@ -25,6 +25,11 @@ class InputFileError(EdgeYoloError):
     exit_code = 2
 
 
+class DatasetError(InputFileError):
+    """A dataset loads but has problems that would corrupt training (broken labels, missing or
+    corrupt images); raised by strict checks."""
+
+
 class CfgError(EdgeYoloError):
     """A darknet .cfg is malformed; carries the file and line it points at."""
 

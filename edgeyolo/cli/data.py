@@ -1,7 +1,8 @@
 """``edgeyolo data convert|tile|check|stats|anchors``: dataset conversion, tiling, health checks, box stats, anchors.
 
-Label problems are printed as ``file:line: message`` lines and never fail a command; only a dataset
-that cannot be read at all (an ``EdgeYoloError``) gives a non-zero exit.
+Label problems are printed as ``file:line: message`` lines and fail a command only with
+``data check --strict``; otherwise only a dataset that cannot be read at all (an ``EdgeYoloError``)
+gives a non-zero exit.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Optional
 import typer
 
 from edgeyolo.errors import UsageError
+from edgeyolo.model.io import check_output_file
 
 app = typer.Typer(help="Convert, check and measure detection datasets; compute anchors.", no_args_is_help=True)
 
@@ -72,6 +74,8 @@ def convert_cmd(
     from edgeyolo.data import convert
 
     src_format, dst_format = src_format.lower(), dst_format.lower()
+    if dst_format == "coco":
+        check_output_file(out, "--out")
     if names is not None and src_format != "voc":
         raise UsageError("--names applies to --from voc only (other formats name their classes)")
     if (class_map or drop_unknown) and src_format != "voc":
@@ -157,6 +161,7 @@ def check_cmd(
     images: Optional[Path] = ImagesOpt,
     names: Optional[Path] = NamesOpt,
     no_decode: bool = typer.Option(False, "--no-decode", help="Skip decoding every image (faster; misses truncated data)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any label issue or missing/corrupt image is found."),
     max_issues: int = MaxIssuesOpt,
 ) -> None:
     """Report label issues, missing/corrupt/duplicate images, empty images, classes and boxes per image."""
@@ -195,6 +200,8 @@ def check_cmd(
     console.print(summary)
     for group in report.duplicates:
         typer.echo("duplicate images: " + ", ".join(str(p) for p in group))
+    if strict:
+        report.require_clean()  # after the report: the error line comes last, on stderr
 
 
 # ------------------------------------------------------------------------------------------ stats
@@ -217,6 +224,8 @@ def stats_cmd(
 
     if img_size is not None and img_size <= 0:
         raise UsageError(f"--img-size must be positive, got {img_size}")
+    if plot is not None:
+        check_output_file(plot, "--plot")
     ds = _load(data, split, images, names)
     _print_issues(ds.issues, max_issues)
     report = box_stats(ds, img_size)
@@ -269,6 +278,8 @@ def anchors_cmd(
         raise UsageError(f"--img-size must be positive, got {img_size}")
     if out is not None and cfg is None:
         raise UsageError("--out writes a cfg with the new anchors: give --cfg too")
+    if out is not None:
+        check_output_file(out, "--out")
     parsed = None
     if cfg is not None:
         from edgeyolo.model.cfg import parse_cfg

@@ -60,6 +60,11 @@ def detect(
         contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels), **thresholds)
         num_classes = model.num_classes
         runner_cm = make_runner(backend, model, contract, threads, *(darknet_files(cfg, weights) if cfg else (None, None)))
+    bad = sorted({c for c in classes or () if not 0 <= c < num_classes})
+    if bad:
+        raise UsageError(
+            f"--classes {', '.join(map(str, bad))}: the model has {num_classes} classes, so class ids run 0..{num_classes - 1}"
+        )
     class_names = _names(names or data, num_classes)
     with runner_cm as runner:
         result = run_detect(

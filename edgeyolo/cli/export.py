@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, WeightsOpt, check_img_size, load_cli_model
+from edgeyolo.model.io import check_output_file
 
 app = typer.Typer(help="Write a model as ONNX, darknet cfg+weights or an edgeyolo checkpoint.", no_args_is_help=True)
 
@@ -50,6 +51,7 @@ def onnx_cmd(
     from edgeyolo.export.onnx import export_onnx
 
     check_img_size(img_size)
+    check_output_file(out, "--out")
     model = load_cli_model(cfg, weights, random_init, seed, calib_images, img_size, cutoff, partial)
     size = img_size or model.cfg.net.height
     result = export_onnx(
@@ -118,6 +120,7 @@ def safetensors_cmd(
     """Write an edgeyolo checkpoint: tensors + the cfg text + provenance in the metadata."""
     from edgeyolo.model.checkpoint import Provenance, save_checkpoint
 
+    check_output_file(out, "--out")
     model = load_cli_model(cfg, weights, random_init, seed, calib_images, None, cutoff, partial)
     prov = _provenance(weights, random_init, seed)
     path = save_checkpoint(model, out, Provenance(prov["source_sha256"], prov["command"]))
@@ -138,6 +141,7 @@ def qdq_cmd(
     from edgeyolo.model.io import sha256_file
 
     check_img_size(img_size)
+    check_output_file(out, "--out")
     quantized = load_quantized(model)
     size = img_size or int(getattr(quantized, "quant_info", {}).get("img_size") or quantized.cfg.net.height)
     prov = {"source_sha256": sha256_file(model / "model.safetensors"), "command": _command()}
@@ -161,6 +165,7 @@ def bnfold_cmd(
     from edgeyolo.export.qdq import export_bnfold
 
     check_img_size(img_size)
+    check_output_file(out, "--out")
     model = load_cli_model(cfg, weights, img_size=img_size)
     size = img_size or model.cfg.net.height
     result = export_bnfold(model, out, size, opset=opset, provenance=_provenance(weights, False, 0))
@@ -216,5 +221,6 @@ def engine_cmd(
     to the GPU and TensorRT version). From a host, `edgeyolo deploy --device NAME M.onnx --engine` builds on the board."""
     from edgeyolo.targets.jetson.engine import build_engine_local
 
+    check_output_file(out, "--out")
     path = build_engine_local(onnx, out, precision, workspace)
     typer.echo(f"wrote {path} ({precision})")

@@ -156,7 +156,9 @@ def plot(
     import matplotlib.pyplot as plt
 
     from edgeyolo.errors import UsageError
+    from edgeyolo.model.io import check_output_file
 
+    check_output_file(out, "--out")
     with _open(db) as store:
         runs = [r for r in store.runs(target=target, device=device, artifact_name=artifact, status="complete") if metric in r.metrics]
     if not runs:

@@ -32,12 +32,14 @@ def test(
 
     from edgeyolo.data.formats import load_dataset
     from edgeyolo.log import track
-    from edgeyolo.model.io import atomic_write_text
+    from edgeyolo.model.io import atomic_write_text, check_output_file
     from edgeyolo.runtime.evaluate import evaluate_model
     from edgeyolo.runtime.sliced import Slicing
     from edgeyolo.train.metrics import coco_detections_json
 
     check_img_size(img_size)
+    if save_json is not None:
+        check_output_file(save_json, "--save-json")
     slicing = Slicing.of(tile, tile_overlap) if tile is not None else None
     dataset = load_dataset(data, split)
     progress = lambda s: track(s, f"test [{backend}]", len(dataset.samples))  # noqa: E731

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeyolo.data.formats import MSG_IMAGE_CORRUPT, MSG_IMAGE_MISSING
+from edgeyolo.data.formats import MSG_IMAGE_CORRUPT, MSG_IMAGE_MISSING, load_dataset
 from edgeyolo.data.types import DetectionDataset, LabelIssue
+from edgeyolo.errors import DatasetError
 from edgeyolo.log import track
 
 
@@ -46,6 +47,24 @@ class CheckReport:
     def ok(self) -> bool:
         return not (self.issues or self.missing_images or self.corrupt_images or self.duplicates)
 
+    @property
+    def problems(self) -> list[LabelIssue]:
+        """What a strict check fails on: every issue (label lines, missing and corrupt images, duplicate
+        boxes) except the loaders' notes; byte-identical images alone are not a problem."""
+        return [i for i in self.issues if not i.message.startswith("note: ")]
+
+    def require_clean(self) -> "CheckReport":
+        """This report, or DatasetError (one line: the counts and the first problem) when it has problems."""
+        problems = self.problems
+        if not problems:
+            return self
+        images = [i for i in problems if _is_image_issue(i)]
+        labels = len(problems) - len(images)
+        raise DatasetError(
+            f"{self.source}: {labels} label issue(s) and {len(images)} missing or corrupt image(s), first: {problems[0]}; "
+            f"fix them (all are listed by `edgeyolo data check --data {self.source}`)"
+        )
+
 
 def _is_image_issue(issue: LabelIssue) -> bool:
     return issue.line is None and (
@@ -53,14 +72,32 @@ def _is_image_issue(issue: LabelIssue) -> bool:
     )
 
 
-def check_dataset(ds: DetectionDataset, *, decode: bool = True, hash_images: bool = True) -> CheckReport:
-    """Check a loaded dataset.
+def check_dataset(
+    ds: DetectionDataset | str | Path,
+    *,
+    split: str = "train",
+    decode: bool = True,
+    hash_images: bool = True,
+    strict: bool = False,
+) -> CheckReport:
+    """Check a dataset: a loaded one, or a dataset file / folder whose ``split`` is loaded here.
 
     Besides the loader's issues: every image is read once to hash its bytes (``hash_images``:
     duplicate groups) and, with ``decode``, fully decoded (a valid header with broken data is
     caught here; a JPEG without its end marker is reported as truncated). Duplicate boxes (same
     class and coordinates twice in one image) are reported against the image.
+
+    ``strict=True`` raises DatasetError when any issue is found (see ``CheckReport.problems``):
+    training on a label line that was skipped, or an image that cannot be read, quietly trains on
+    less than the user thinks.
     """
+    if not isinstance(ds, DetectionDataset):
+        ds = load_dataset(ds, split)
+    report = _check(ds, decode=decode, hash_images=hash_images)
+    return report.require_clean() if strict else report
+
+
+def _check(ds: DetectionDataset, *, decode: bool, hash_images: bool) -> CheckReport:
     import cv2
 
     issues = list(ds.issues)

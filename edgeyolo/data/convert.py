@@ -60,7 +60,7 @@ from edgeyolo.data.formats import (
 )
 from edgeyolo.data.types import Annotation, DetectionDataset, LabelIssue, Sample
 from edgeyolo.errors import InputFileError, UsageError
-from edgeyolo.model.io import atomic_write_text
+from edgeyolo.model.io import atomic_write_text, new_dir_mode, new_file_mode
 
 SPLITS = ("train", "val", "test")
 
@@ -109,6 +109,7 @@ def _place_image(src: Path, dst: Path, link: bool = True) -> None:
                 pass
         if not linked:
             shutil.copyfile(real, tmp_path)
+            os.chmod(tmp_path, new_file_mode())  # a copy gets a new file's mode, not the temp file's 0o600
         os.replace(tmp_path, dst)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -168,9 +169,7 @@ class DatasetStage:
             raise UsageError(f"--out {self.out} is a file; give a folder")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.root, 0o777 & ~umask)
+        os.chmod(self.root, new_dir_mode())  # renamed into place: a plain mkdir's mode, not mkdtemp's 0o700
         self.splits: list[str] = []
 
     def split_dirs(self, split: str) -> tuple[Path, Path]:
@@ -290,9 +289,7 @@ def _write_names_and_yaml(folder: Path, out: Path, names: list[str], category_id
     """``classes.names`` and ``data.yaml`` in ``folder`` (the yaml's ``path`` is the final ``out``)."""
     import yaml
 
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(atomic_write_text(folder / NAMES_FILE, "".join(n + "\n" for n in names)), 0o666 & ~umask)
+    atomic_write_text(folder / NAMES_FILE, "".join(n + "\n" for n in names))
     data: dict = {"path": str(out)}
     present = sorted(p.name for p in (folder / "images").iterdir() if p.is_dir()) if (folder / "images").is_dir() else []
     for split in [*(s for s in SPLITS if s in present), *(s for s in present if s not in SPLITS)]:
@@ -303,9 +300,7 @@ def _write_names_and_yaml(folder: Path, out: Path, names: list[str], category_id
     if category_ids is not None:
         data["coco_category_ids"] = [int(i) for i in category_ids]
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    path = atomic_write_text(folder / "data.yaml", text)
-    os.chmod(path, 0o666 & ~umask)
-    return path
+    return atomic_write_text(folder / "data.yaml", text)
 
 
 def _hash_value(stem: str) -> float:

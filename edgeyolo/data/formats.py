@@ -649,11 +649,27 @@ def _load_coco(path: Path, image_root: Path | None) -> DetectionDataset:
     resolver = _Resolver(roots)
     crowd = 0
     samples = []
+    # Two records of one image would be written as one label file, the second overwriting the first
+    # (its boxes silently lost); two records with one id would share their annotations. Refuse both.
+    by_path: dict[Path, object] = {}
+    by_id: dict[object, str] = {}
     for img in data["images"]:
         if not isinstance(img, dict) or "file_name" not in img or "id" not in img:
             issues.append(LabelIssue(path, None, f"image entry without 'id'/'file_name': {str(img)[:80]}"))
             continue
         image = resolver(str(img["file_name"]))
+        if img["id"] in by_id:
+            raise InputFileError(
+                f"{path}: image id {img['id']} appears twice in 'images' (file_name '{by_id[img['id']]}' and "
+                f"'{img['file_name']}'); each image needs its own id"
+            )
+        if image in by_path:
+            raise InputFileError(
+                f"{path}: images {by_path[image]} and {img['id']} have the same file_name '{img['file_name']}'; "
+                "list each image once (move the second one's annotations to the first id)"
+            )
+        by_id[img["id"]] = str(img["file_name"])
+        by_path[image] = img["id"]
         size = read_image_size(image)
         if size is None:
             issues.append(_image_issue(image))

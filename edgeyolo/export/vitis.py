@@ -39,6 +39,7 @@ import numpy as np
 from edgeyolo import __version__
 from edgeyolo.contract import Contract
 from edgeyolo.errors import ExportError, UnsupportedLayerError, UsageError, VerificationError
+from edgeyolo.model.io import new_dir_mode
 from edgeyolo.export import vitis_model_template as tpl
 from edgeyolo.model.cfg import (
     AvgPoolSpec,
@@ -542,6 +543,7 @@ def export_vitis(
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
+        os.chmod(stage, new_dir_mode())  # the bundle is this folder renamed: a plain mkdir's mode, not 0o700
         (stage / "model.py").write_text(gen.source)
         torch.save({gen.key_map[k]: v.detach().clone().contiguous().cpu() for k, v in state.items()},
                    stage / "model_state.pt", _use_new_zipfile_serialization=True)

@@ -59,15 +59,48 @@ def expected_bytes(model: Darknet, header: DarknetHeader | None = None, cutoff: 
     return header.nbytes + 4 * floats
 
 
+# Darknet writes version 0.2 (0.1 before 2017) and a small revision; versions over 1000 once flagged
+# transposed fully-connected weights. Anything far outside is another kind of file, and reading on
+# would only end in "file too long/short for the cfg", which sends the user looking in the wrong place.
+_MAX_VERSION = 2000
+_MAX_REVISION = 1_000_000
+
+
+def _file_kind(data: bytes) -> str:
+    """What a file that is not darknet weights looks like, for the error message."""
+    if data.startswith(b"PK\x03\x04"):
+        return " (it is a zip archive, as PyTorch .pt files are: name it .pt)"
+    if data.startswith(b"\x80") and len(data) > 1 and data[1] in range(2, 6):
+        return " (it is a Python pickle, as old PyTorch .pt files are: name it .pt)"
+    if data.startswith(b"\x89PNG") or data.startswith(b"\xff\xd8\xff"):
+        return " (it is an image)"
+    if len(data) > 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data):
+        return " (it looks like a .safetensors checkpoint: name it .safetensors)"
+    head = data[:64]
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return " (it is text)"
+    return ""
+
+
 def read_header(data: bytes, path: str) -> DarknetHeader:
     if len(data) < 16:
         raise WeightsError(f"{path}: {len(data)} bytes is too short for a darknet weights header (16 or 20 bytes)")
     major, minor, revision = (int(v) for v in np.frombuffer(data[:12], dtype="<i4"))
+    if not (0 <= major < _MAX_VERSION and 0 <= minor < _MAX_VERSION and 0 <= revision < _MAX_REVISION):
+        raise WeightsError(
+            f"{path}: not a darknet weights header: it reads version {major}.{minor}, revision {revision}, where darknet "
+            f"writes 0.2 or 0.1 and a small revision{_file_kind(data)}"
+        )
     header = DarknetHeader(major, minor, revision)
     if len(data) < header.nbytes:
         raise WeightsError(f"{path}: truncated header ({len(data)} bytes, expected {header.nbytes})")
     dtype = "<i8" if header.seen_is_64bit else "<i4"
     seen = int(np.frombuffer(data[12 : header.nbytes], dtype=dtype)[0])
+    if seen < 0:
+        raise WeightsError(
+            f"{path}: not a darknet weights header: version {major}.{minor} but a negative count of images seen ({seen})"
+            f"{_file_kind(data)}"
+        )
     return DarknetHeader(major, minor, revision, seen)
 
 

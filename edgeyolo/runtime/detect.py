@@ -2,7 +2,8 @@
 
 Sources: an image, a folder, a glob, a video file, a webcam index, an RTSP/HTTP URL or a GStreamer
 pipeline string (the usual Jetson CSI camera input). Images are read with OpenCV; an unreadable file
-is skipped with a warning, never fatal.
+among readable ones is skipped and reported in the result, but a source of which nothing at all could
+be read is an error naming the file and why (never "0 frames" and an empty output folder).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from edgeyolo.contract import Contract
-from edgeyolo.errors import InputFileError
+from edgeyolo.errors import InputFileError, UsageError
 from edgeyolo.model.io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text
 from edgeyolo.runtime.base import Runner
 from edgeyolo.runtime.sliced import Slicing, detect_sliced
@@ -80,11 +81,26 @@ def iter_frames(plan: SourcePlan, on_skip: Callable[[str, str], None]) -> Iterat
             continue
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            on_skip(str(path), "not a readable image")
+            on_skip(str(path), _unreadable(path, "image"))
             continue
         yield Frame(image, path.stem, None, index)
     if plan.stream is not None:
         yield from _iter_stream(plan.stream, plan.stream_name, plan.backend, on_skip)
+
+
+def _unreadable(path: Path, kind: str) -> str:
+    """Why OpenCV could not read ``path`` as an image or video, as far as the bytes tell."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        return f"cannot read the file ({exc.strerror or exc})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return f"not a readable {kind}: the file is text ({size} bytes)"
+    return f"not a readable {kind}: OpenCV cannot decode its {size} bytes"
 
 
 def _iter_stream(source: str | int, name: str, backend: int | None, on_skip: Callable[[str, str], None]) -> Iterator[Frame]:
@@ -92,7 +108,8 @@ def _iter_stream(source: str | int, name: str, backend: int | None, on_skip: Cal
 
     cap = cv2.VideoCapture(source, backend) if backend is not None else cv2.VideoCapture(source)
     if not cap.isOpened():
-        on_skip(str(source), "cannot open video/stream")
+        is_file = isinstance(source, str) and Path(source).is_file()
+        on_skip(str(source), _unreadable(Path(source), "video") if is_file else "cannot open the video/stream")
         return
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if fps and 0 < fps < 1000 else 25.0
@@ -108,6 +125,15 @@ def _iter_stream(source: str | int, name: str, backend: int | None, on_skip: Cal
             on_skip(str(source), "no frames could be decoded")
     finally:
         cap.release()
+
+
+def _nothing_read(source: str, skipped: Sequence[tuple[str, str]]) -> str:
+    if len(skipped) == 1:
+        what, why = skipped[0]
+        return f"{what}: {why}; nothing to detect on"
+    shown = "; ".join(f"{what}: {why}" for what, why in skipped[:3])
+    more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+    return f"--source {source}: none of its {len(skipped)} files could be read: {shown}{more}"
 
 
 def _colour(cls: int) -> tuple[int, int, int]:
@@ -164,11 +190,12 @@ def run_detect(
     import cv2
 
     plan = plan_source(source)
-    output.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file; detect writes into a folder")
     result = DetectResult()
 
     def skip(what: str, why: str) -> None:
-        log.warning("skipped %s: %s", what, why)
+        log.debug("skipped %s: %s", what, why)  # the caller reports result.skipped
         result.skipped.append((what, why))
 
     writers: dict[str, object] = {}
@@ -198,6 +225,7 @@ def run_detect(
                 else:
                     writer = writers.get(frame.stream)
                     if writer is None:
+                        output.mkdir(parents=True, exist_ok=True)  # only once there is something to write
                         target = output / f"{frame.stream}.mp4"
                         h, w = annotated.shape[:2]
                         writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps, (w, h))
@@ -225,6 +253,8 @@ def run_detect(
     finally:
         for writer in writers.values():
             writer.release()  # type: ignore[attr-defined]
+    if result.frames == 0:  # nothing was written either: the output folder was never created
+        raise InputFileError(_nothing_read(source, result.skipped))
     if save_json:
         target = atomic_write_text(output / "detections.json", json.dumps(result.records))
         result.written.append(target)

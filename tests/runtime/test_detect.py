@@ -111,7 +111,7 @@ def test_folder_json_txt_and_unreadable_file(tiny_model, photos, tmp_path):
         make_runner("onnxruntime", tiny_model, contract), contract, str(src), tmp_path / "out",
         [str(i) for i in range(80)], save_txt=True, save_json=True,
     )
-    assert result.frames == 3 and result.skipped == [(str(src / "broken.jpg"), "not a readable image")]
+    assert result.frames == 3 and result.skipped == [(str(src / "broken.jpg"), "not a readable image: the file is text (12 bytes)")]
     records = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert len(records) == result.detections > 0
     assert {r["image_id"] for r in records} <= {p.stem for p in photos[:3]}
