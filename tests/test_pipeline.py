@@ -121,3 +121,103 @@ def test_build_prunes_to_a_latency_budget(tmp_path: Path) -> None:
     assert sum(widths) < sum(c.filters for c in model.cfg.conv_layers)
     with pytest.raises(EdgeYoloError, match="latency-ms must be positive"):
         BuildRequest(target="host", out=out, cfg="edgeyolo-res", latency_ms=0)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("s: strong", "s must be a number"),
+        ("sr_penalty: bogus", "sr_penalty must be one of l1, polar, gradual"),
+        ("cache: maybe", "cache must be a bool"),
+        ("batch_size: 2.5", "batch_size must be an int"),
+        ("sr_rank: random", "sr_rank must be one of magnitude, taylor"),
+        ("prune_method: slimm", "prune_method must be one of none, "),
+        ("train_img_size: 100", "train_img_size must be a positive multiple of 32"),
+        ("aug: {scale: 3}", "scale"),
+    ],
+)
+def test_recipe_values_are_checked_with_their_type_and_range_at_file_line(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"img_size: 160\n{line}\n")
+    with pytest.raises(CfgError, match=rf"recipe\.yaml:2.*{message}"):
+        Recipe.from_yaml(path)
+
+
+def test_the_demo_recipe_exports_at_a_size_the_profile_lists_and_trains_smaller() -> None:
+    from edgeyolo.pipeline import demo_recipe
+    from edgeyolo.targets.profiles import get_target
+
+    recipe = demo_recipe("jetson-nano")
+    assert recipe.img_size in get_target("jetson-nano").input_sizes and recipe.img_size == 288
+    assert recipe.training_size == 160 and recipe.sparse_epochs > 0 and recipe.finetune_epochs > 0
+    assert recipe.percent == "sparse" and recipe.sr_rank == "taylor"
+    assert demo_recipe("jetson-nano", img_size=416).img_size == 416
+
+
+def test_a_long_stage_says_it_is_running_at_least_every_heartbeat() -> None:
+    import time as _time
+
+    lines: list[str] = []
+    build = Build(BuildRequest(target="host", out=Path("unused"), cfg="edgeyolo-res", recipe=_recipe()), echo=lines.append)
+    with build._heartbeat("sparse", every=1.0):
+        _time.sleep(3.6)
+    beats = [line for line in lines if line.startswith("  [sparse] running")]
+    assert 2 <= len(beats) <= 4, lines
+    lines.clear()
+    with build._heartbeat("prune", every=1.0):
+        for _ in range(6):  # a stage that prints on its own gets no extra lines
+            build.echo("epoch line")
+            _time.sleep(0.5)
+    assert lines == ["epoch line"] * 6
+
+
+def test_fp16_rounded_onnx_holds_the_fp16_values_of_the_weights(tmp_path: Path) -> None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    from edgeyolo.export.onnx import export_onnx
+    from edgeyolo.model.checkpoint import load_model
+    from edgeyolo.model.zoo import resolve_cfg
+    from edgeyolo.pipeline import _fp16_rounded
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    path = export_onnx(load_model(resolve_cfg("edgeyolo-mobile")), tmp_path / "m.onnx", img_size=64).path
+    rounded = _fp16_rounded(path, tmp_path / "r.onnx")
+    before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(rounded)).graph.initializer}
+    changed = 0
+    for name, value in before.items():
+        if value.dtype == np.float32:
+            assert np.array_equal(after[name], value.astype(np.float16).astype(np.float32)), name
+            changed += int(not np.array_equal(after[name], value))
+    assert changed > 0  # fp32 weights are not all fp16-exact: the copy really differs
+
+
+def test_build_scores_the_start_records_gamma_before_and_after_and_scores_the_exported_file(tmp_path: Path) -> None:
+    from edgeyolo.data.synth import make_synthetic
+
+    data = make_synthetic(tmp_path / "synth", classes=12, train=16, val=6, img_size=64, seed=0).data_yaml
+    out = tmp_path / "build"
+    recipe = _recipe(
+        img_size=96, train_img_size=64, sparse_epochs=1, s=0.05, sr_penalty="gradual", sr_rank="taylor",
+        sr_schedule="dynamic", sr_target=0.3, prune_method="slim", percent=0.2, evaluate=True, batch_size=8,
+    )
+    manifest = Build(BuildRequest(target="jetson-nano", out=out, cfg="edgeyolo-res", data=str(data), recipe=recipe)).run()
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert manifest["stages"][0]["name"] == "source" and "map50" in stages["source"]["metrics"]
+    sparse = stages["sparse"]["metrics"]
+    assert 0.0 <= sparse["gamma_below_1e-2_before"] <= 1.0 and 0.0 <= sparse["gamma_below_1e-2_after"] <= 1.0
+    run = json.loads((out / "stages" / "02-sparse" / "run" / "config.json").read_text())
+    assert run["img_size"] == 64 and run["sr_rank"] == "taylor"  # trained at train_img_size
+    export = stages["export"]["metrics"]
+    assert export["scored_with"].startswith("onnxruntime, fp16") and 0.0 <= export["map50"] <= 1.0
+    assert export["params"] < stages["source"]["metrics"]["params"]
+    report = (out / "report.md").read_text()
+    artifact = manifest["artifact"]
+    assert "fewer parameters" in report and "## Next: run it on a real board" in report
+    assert f"edgeyolo deploy --device nano {artifact} --engine" in report
+    assert f"edgeyolo bench device --device nano --model {artifact} --map {data}" in report
+    again = Build(BuildRequest(target="jetson-nano", out=out, cfg="edgeyolo-res", data=str(data), recipe=recipe)).run()
+    assert {s["name"]: s["status"] for s in again["stages"]}["source"] == "cached"
+    assert again["stages"][0]["metrics"] == manifest["stages"][0]["metrics"]

@@ -11,6 +11,19 @@ ZOO_DIR = Path(__file__).resolve().parent
 OWN = ("edgeyolo-res", "edgeyolo-mobile")
 DARKNET = ("yolov3", "yolov3-spp", "yolov3-tiny", "yolov4", "yolov4-tiny")
 DEFAULT = "edgeyolo-res"
+# edgeyolo-res trained on the synthetic set's defaults (``edgeyolo data synth``): the demo build's start.
+# Its metadata holds the command, seed, data and measured mAP (``edgeyolo info --weights`` shows it).
+DEMO_CHECKPOINT = ZOO_DIR / "edgeyolo-res-synth.safetensors"
+
+
+def demo_checkpoint() -> Path:
+    """The trained demo checkpoint that ships with the package."""
+    if not DEMO_CHECKPOINT.is_file():
+        raise InputFileError(
+            f"the demo checkpoint {DEMO_CHECKPOINT.name} is missing from this install ({ZOO_DIR}); "
+            "reinstall edgeyolo, or give --cfg and --weights"
+        )
+    return DEMO_CHECKPOINT
 
 
 def darknet_cfg_dir() -> Path | None:
