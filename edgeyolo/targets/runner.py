@@ -341,9 +341,15 @@ def _agent_error(transport: Transport, exc: RemoteCommandError) -> TargetError:
     """The agent's own one-line diagnosis (a full disk, a missing module) when it gave one, rather
     than the exit status or whatever the runtime printed after it."""
     said = [line[len(AGENT_ERROR):] for line in exc.stderr.splitlines() if line.startswith(AGENT_ERROR)]
-    if not said:
-        return exc
-    return TargetError(f"{transport.device.name}: the agent failed: {said[-1]}")
+    return AgentFailed(transport.device.name, exc, said[-1]) if said else exc
+
+
+class AgentFailed(RemoteCommandError):
+    """The agent stopped with its own one-line diagnosis; cmd, code and stderr as for any command."""
+
+    def __init__(self, device: str, exc: RemoteCommandError, said: str):
+        TargetError.__init__(self, f"{device}: the agent failed: {said}")
+        self.cmd, self.code, self.stderr = exc.cmd, exc.code, exc.stderr
 
 
 def new_run_id() -> str:

@@ -649,11 +649,15 @@ class SshTransport(Transport):
         "    except (IOError,OSError):out['hashes'][p]=None\n"
         "for d in req['space']:\n"
         "    st=os.statvfs(d);out['space'][d]=[st.f_bavail*st.f_frsize,os.stat(d).st_dev]\n"
-        "out['removed']=[]\n"
-        "for d,base,keep in req.get('stale',[]):\n"
-        "    for n in (os.listdir(d) if os.path.isdir(d) else []):\n"
-        "        p=os.path.join(d,n)\n"
-        "        if n.startswith('.'+base+'.') and n.endswith('.part') and p!=keep:\n"
+        "out['removed']=[];seen={}\n"
+        "for keep in (req['hash'] if req.get('stale') else []):\n"
+        "    d,n=os.path.split(keep)\n"
+        "    if not (n.startswith('.') and n.endswith('.part')):continue\n"
+        "    head=n[:-len('.part')].rsplit('.',1)[0]+'.'\n"
+        "    if d not in seen:seen[d]=os.listdir(d) if os.path.isdir(d) else []\n"
+        "    for m in seen[d]:\n"
+        "        p=os.path.join(d,m)\n"
+        "        if m.startswith(head) and m.endswith('.part') and len(m)==len(n) and m!=n and os.path.exists(p):\n"
         "            try:\n"
         "                s=os.path.getsize(p);os.remove(p);out['removed'].append([p,s])\n"
         "            except OSError:pass\n"
@@ -661,13 +665,13 @@ class SshTransport(Transport):
     )
 
     def probe(
-        self, paths: Sequence[str] = (), mkdir: Sequence[str] = (), space: Sequence[str] = (),
-        stale: Sequence[tuple[str, str, str]] = (),
+        self, paths: Sequence[str] = (), mkdir: Sequence[str] = (), space: Sequence[str] = (), stale: bool = False,
     ) -> dict[str, Any]:
         """One round trip (the board's python) that creates folders, hashes files (size, sha256; None
-        when missing), reports free bytes + filesystem id of folders and removes stale partial
-        uploads: ``(folder, name, keep)`` removes every ``.name.*.part`` in folder but ``keep``."""
-        request = json.dumps({"mkdir": list(mkdir), "hash": list(paths), "space": list(space), "stale": [list(x) for x in stale]})
+        when missing) and reports free bytes + filesystem id of folders. With ``stale``, each
+        ``.name.<digest>.part`` among ``paths`` removes its siblings of other digests: partials of
+        another version of that file, which can never be resumed."""
+        request = json.dumps({"mkdir": list(mkdir), "hash": list(paths), "space": list(space), "stale": stale})
         res = self.run([self.device.python, "-c", self._PROBE, request], timeout=self.device.command_timeout, cwd=None)
         data = json.loads(res.stdout)
         data["hashes"] = {p: (tuple(v) if v else None) for p, v in data["hashes"].items()}
@@ -704,8 +708,7 @@ class SshTransport(Transport):
         # every path here is absolute or relative to the login directory, as SFTP sees them
         folders = sorted({i["folder"] for i in items})
         # partials of another version of these files can never be resumed: they only take space
-        stale = [(i["folder"], posixpath.basename(i["final"]), i["part"]) for i in items]
-        state = self.probe([i["final"] for i in items] + [i["part"] for i in items], mkdir=folders, space=folders, stale=stale)
+        state = self.probe([i["final"] for i in items] + [i["part"] for i in items], mkdir=folders, space=folders, stale=True)
         for path, size in state.get("removed", []):
             log.info("%s: removed the stale partial upload %s (%d bytes)", self.device.name, path, size)
         have = state["hashes"]

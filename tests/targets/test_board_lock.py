@@ -102,3 +102,25 @@ def test_a_full_board_disk_is_said_and_leaves_nothing(device, full_disk):
     assert not isinstance(exc.value, BoardBusy)
     assert sorted(p.name for p in full_disk.rglob("*")) == before  # nothing left behind
     assert not Path(dev.lock_file).exists()
+
+
+def test_a_deploy_that_reconnects_takes_the_lock_again(device, transport, tmp_path, sshd):
+    """The lock's holder goes with a dropped connection; after the reconnect the deploy holds the
+    lock again until it finishes, then releases it."""
+    from edgeyolo.targets.runner import upload
+
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(6 << 20))
+    killed = []
+    owners = []
+
+    def kill_once(done: int, total: int) -> None:
+        if done > total // 2 and not killed:
+            killed.append(sshd.kill_sessions())
+        owners.append(Path(device.lock_file).read_text())
+
+    with BoardLock(transport, "deploy") as lock:
+        report = upload(transport, [(src, "models/big.bin")], progress=kill_once, retries=2)
+        assert lock.held and "deploy" in Path(device.lock_file).read_text()
+    assert killed and report.uploads[0].resumed_from > 0
+    assert Path(device.lock_file).read_text() == ""
