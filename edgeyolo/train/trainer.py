@@ -212,16 +212,21 @@ class ModelEMA:
 #: README's tree-tile runs (yolov3-tiny -pt): 22 steps reached mAP@0.5 0.031, 180 steps 0.166
 MIN_OPTIMIZER_STEPS = 100
 
+#: a small set's accumulation is cut so that an epoch makes at least this many optimizer steps (when
+#: it has that many mini-batches; README: training on small sets)
+MIN_STEPS_PER_EPOCH = 4
+
 
 @dataclass(frozen=True)
 class RunSchedule:
     """How a run turns mini-batches into optimizer steps: a pure function of the config and the
     epoch's mini-batch count, so a resume re-derives it exactly.
 
-    With ``schedule="scaled"`` gradients accumulate to the nominal batch but never over more than
-    one epoch's mini-batches, so a small set still steps every epoch; its effective nominal batch is
-    smaller, and the weight decay is scaled with it (the loss is summed over images, so a step's data
-    gradient grows with the images it holds and the decay must keep pace). The burn-in is
+    With ``schedule="scaled"`` gradients accumulate to the nominal batch but over at most a
+    :data:`MIN_STEPS_PER_EPOCH`-th of an epoch's mini-batches, so a small set still makes several
+    optimizer steps every epoch; its effective nominal batch is smaller, and the weight decay is
+    scaled with it (the loss is summed over images, so a step's data gradient grows with the images
+    it holds and the decay must keep pace). The burn-in is
     ``burn_in`` mini-batches but at most ``burn_in_fraction`` of the run: 300 fixed iterations are
     the whole of a 60-epoch run of 3 mini-batches. ``"fixed"`` is the behaviour of runs made before.
     """
@@ -240,7 +245,7 @@ class RunSchedule:
         accumulate = max(round(config.nominal_batch / config.batch_size), 1)
         burn_in, decay = config.burn_in, config.weight_decay
         if config.schedule == "scaled":
-            accumulate = min(accumulate, batches)
+            accumulate = min(accumulate, max(batches // MIN_STEPS_PER_EPOCH, 1))
             burn_in = min(burn_in, int(config.burn_in_fraction * config.epochs * batches))
             decay = config.weight_decay * accumulate * config.batch_size / config.nominal_batch
         steps = math.ceil(batches / accumulate)
