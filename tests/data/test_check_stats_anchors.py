@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from edgeyolo.data.check import check_dataset
 from edgeyolo.data.formats import load_dataset
 from edgeyolo.data.stats import box_stats, plot_box_stats
 from edgeyolo.data.types import Annotation, DetectionDataset, Sample
-from edgeyolo.errors import CfgError, UsageError
+from edgeyolo.errors import CfgError, DatasetError, UsageError
 from edgeyolo.model.cfg import format_cfg, parse_cfg
 from edgeyolo.model.zoo import ZOO_DIR
 
@@ -40,6 +41,34 @@ def test_check_finds_duplicates_and_counts_classes(tmp_path):
     assert f"{images / 'a005.jpg'}: 1 duplicate box(es) (same class and coordinates) in this image" in messages
     assert not report.ok
     assert check_dataset(load_dataset(make_darknet(tmp_path / "clean"), "val")).ok
+
+
+def test_strict_check_raises_on_any_label_issue(tmp_path):
+    """The build pipeline's gate: check_dataset(path, split=..., strict=True) passes a clean dataset
+    and refuses broken labels with one line naming the first problem (by file:line)."""
+    data = make_darknet(tmp_path / "dn")
+    clean = check_dataset(data, split="train", strict=True, decode=False)
+    assert clean.num_images == 4 and clean.problems == []
+    label = tmp_path / "dn" / "labels" / "a002.txt"
+    label.write_text("2 0.5 0.5 0.6\n7 0.5 0.5 0.2 0.2\n0 -0.4 0.5 0.2 0.2\n")
+    report = check_dataset(data, split="train", decode=False)  # not strict: a report, no error
+    assert [i.line for i in report.problems] == [1, 2, 3]
+    with pytest.raises(DatasetError) as info:
+        check_dataset(data, split="train", strict=True, decode=False)
+    message = str(info.value)
+    assert message.startswith(f"{data}: 3 label issue(s) and 0 missing or corrupt image(s), first: {label}:1: expected 5 fields")
+    assert "\n" not in message and info.value.exit_code != 0
+
+
+def test_strict_check_ignores_loader_notes(tmp_path):
+    from .tinyds import make_coco
+
+    ann = make_coco(tmp_path / "coco")
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["iscrowd"] = 1  # dropped with a note, not a label problem
+    ann.write_text(json.dumps(data))
+    report = check_dataset(ann, strict=True, decode=False)
+    assert any(i.message.startswith("note: ") for i in report.issues) and report.problems == []
 
 
 def test_box_stats_and_plot(tmp_path):

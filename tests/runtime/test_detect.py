@@ -1,5 +1,7 @@
 """detect: every backend gives the same boxes; every kind of source; json/txt/video outputs."""
 import json
+import os
+import stat
 import shutil
 import subprocess
 import sys
@@ -153,3 +155,35 @@ def test_cli_detect(tiny_weights, photos, tmp_path):
     assert proc.returncode == 0, proc.stderr
     records = json.loads((out / "detections.json").read_text())
     assert records and {r["category_id"] for r in records} <= {1, 16}
+
+
+def test_cli_detect_folder_with_some_bad_files_warns_per_file(tmp_path, capsys):
+    """Unreadable files among readable ones: one warning each, exit 0, the readable ones written with
+    the umask's mode (atomic writes start from a 0o600 temp file)."""
+    from edgeyolo.cli.app import main
+    from tests.badinput.test_corpus import darknet_weights, image_bytes, small_cfg
+
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(small_cfg({}))
+    weights = tmp_path / "small.weights"
+    weights.write_bytes(darknet_weights(cfg))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good.jpg").write_bytes(image_bytes(".jpg", 64, 48))
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "notes.png").write_text("not a png\n")
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        code = main(["detect", "--cfg", str(cfg), "--weights", str(weights), "--source", str(src), "--output", str(out)])
+    finally:
+        os.umask(old)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err.splitlines() == [
+        f"warning: skipped {src / 'empty.jpg'}: empty file (0 bytes)",
+        f"warning: skipped {src / 'notes.png'}: not a readable image: the file is text (10 bytes)",
+    ]
+    assert "1 frames" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["good.jpg"]
+    assert stat.S_IMODE((out / "good.jpg").stat().st_mode) == 0o644
