@@ -5,6 +5,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -79,8 +80,11 @@ def check_dataset(
     decode: bool = True,
     hash_images: bool = True,
     strict: bool = False,
+    image_root: str | Path | None = None,
+    names: Sequence[str] | str | Path | None = None,
 ) -> CheckReport:
-    """Check a dataset: a loaded one, or a dataset file / folder whose ``split`` is loaded here.
+    """Check a dataset: a loaded one, or a dataset file / folder whose ``split`` is loaded here
+    (``image_root`` and ``names`` as for :func:`~edgeyolo.data.formats.load_dataset`).
 
     Besides the loader's issues: every image is read once to hash its bytes (``hash_images``:
     duplicate groups) and, with ``decode``, fully decoded (a valid header with broken data is
@@ -92,7 +96,7 @@ def check_dataset(
     less than the user thinks.
     """
     if not isinstance(ds, DetectionDataset):
-        ds = load_dataset(ds, split)
+        ds = load_dataset(ds, split, image_root=image_root, names=names)
     report = _check(ds, decode=decode, hash_images=hash_images)
     return report.require_clean() if strict else report
 
