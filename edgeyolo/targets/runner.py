@@ -705,9 +705,14 @@ def upload_throughput(transport: Transport, size_mb: int = 128, scp: str | None 
             again = transport.put(src, "throughput/payload.bin")
             rows.append(ThroughputRow(f"edgeyolo redeploy unchanged ({again.sent} bytes sent)", 0, time.monotonic() - t0))
             if scp and shutil.which(scp):
-                target = f"{dev.user}@{dev.host}:{transport.remote_path('throughput/scp.bin')}"
-                cmd = [scp, "-q", "-P", str(dev.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                hop = getattr(transport, "hop", None)  # the ssh config's HostName, Port and User applied
+                user, host, port = (hop.user, hop.host, hop.port) if hop is not None else (dev.user, dev.host, dev.port)
+                target = f"{user}@{host}:{transport.remote_path('throughput/scp.bin')}"
+                cmd = [scp, "-q", "-P", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                        "-o", f"UserKnownHostsFile={Path(dev.known_hosts).expanduser()}"]
+                jumps = getattr(transport, "jump_hops", [])
+                if jumps:
+                    cmd += ["-J", ",".join(f"{j.user}@{j.host}:{j.port}" for j in jumps)]
                 if dev.key_file:
                     cmd += ["-i", str(Path(dev.key_file).expanduser())]
                 for label, flag in (("scp (SFTP protocol)", []), ("scp -O (legacy SCP protocol)", ["-O"])):
