@@ -446,11 +446,16 @@ def _absolute(opts: _Options, key: str, value: int, index: int) -> int:
 def _parse_conv(o: _Options, index: int) -> ConvSpec:
     o.reject_nondefault(
         {
-            "dilation": "1", "xnor": "0", "binary": "0", "antialiasing": "0", "deform": "0",
-            "share_index": "-1000000000", "sway": "0", "rotate": "0", "stretch": "0", "stretch_sway": "0",
-            "flipped": "0", "coordconv": "0",
+            "dilation": "1", "xnor": "0", "binary": "0", "antialiasing": "0", "deform": "0", "sway": "0",
+            "rotate": "0", "stretch": "0", "stretch_sway": "0", "flipped": "0", "coordconv": "0",
         }
     )
+    if "share_index" in o.options:  # any value names a layer whose weights this one would use
+        raise UnsupportedLayerError(
+            "[convolutional] 'share_index' (weights shared with another layer) is not supported by edgeyolo",
+            o.path,
+            o.lines["share_index"],
+        )
     filters = o.positive("filters", o.int("filters", 1))
     size = o.positive("size", o.int("size", 1))
     stride = o.positive("stride", o.int("stride", 1))

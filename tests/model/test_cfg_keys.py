@@ -44,13 +44,15 @@ def test_every_known_key_of_a_conv_is_accepted_at_its_default() -> None:
     # the defaults darknet uses, so that the layer stays what edgeyolo implements
     defaults = {
         "stride_x": "1", "stride_y": "1", "padding": "1", "groups": "1", "cbn": "0", "dilation": "1", "antialiasing": "0",
-        "share_index": "-1000000000", "binary": "0", "xnor": "0", "sway": "0", "rotate": "0", "stretch": "0",
+        "binary": "0", "xnor": "0", "sway": "0", "rotate": "0", "stretch": "0",
         "stretch_sway": "0", "flipped": "0", "coordconv": "0", "deform": "0", "bin_output": "0",
         "assisted_excitation": "0", "dot": "0", "angle": "15", "grad_centr": "0", "reverse": "0", "stream": "-1",
         "wait_stream": "-1", "clip": "0", "onlyforward": "0", "dont_update": "0", "burnin_update": "0",
         "stopbackward": "0", "train_only_bn": "0", "learning_rate": "1", "dontload": "0", "dontloadscales": "0",
     }
-    assert set(defaults) | {"filters", "size", "stride", "pad", "batch_normalize", "activation"} == set(SECTION_KEYS["convolutional"])
+    assert set(defaults) | {"filters", "size", "stride", "pad", "batch_normalize", "activation", "share_index"} == set(
+        SECTION_KEYS["convolutional"]
+    )
     lines = "\n".join(f"{k}={v}" for k, v in defaults.items())
     cfg = parse_cfg_text(small_cfg({13: lines}), "all.cfg")
     conv = cfg.layers[0]
@@ -89,7 +91,7 @@ def test_cbn_infers_as_batch_norm() -> None:
     [
         pytest.param({17: "stride_y=1"}, 17, "'stride_y' different from 'stride'", id="maxpool-stride-y"),
         pytest.param({13: "flipped=1"}, 13, "'flipped=1' is not supported", id="flipped"),
-        pytest.param({13: "share_index=-1"}, 13, "'share_index=-1' is not supported", id="share-index"),
+        pytest.param({13: "share_index=-1"}, 13, "'share_index' (weights shared with another layer) is not supported", id="share-index"),
         pytest.param({13: "dontloadscales=1"}, 13, "'dontloadscales=1' is not supported", id="dontloadscales"),
         pytest.param({17: "maxpool_zero_nonmax=1"}, 17, "'maxpool_zero_nonmax=1' is not supported", id="zero-nonmax"),
     ],
