@@ -263,6 +263,7 @@ class Build:
         self.records: list[StageRecord] = []
         self.commands: dict[str, str] = {}
         self._dataset_cache: dict[str, Any] = {}
+        self._data_checked = False
         self.weights = request.weights
         if self.weights is None and request.demo:
             from edgeyolo.model.zoo import demo_checkpoint
@@ -552,6 +553,11 @@ class Build:
         from edgeyolo.train.trainer import TrainConfig, Trainer
 
         r = self.recipe
+        if not self._data_checked:  # broken labels fail here, not minutes into training
+            from edgeyolo.data.check import check_dataset
+
+            check_dataset(self.data(), split="train", decode=False, hash_images=False, strict=True)
+            self._data_checked = True
         config = TrainConfig(
             data=self.data(), cfg=str(art.cfg), weights=str(art.weights), img_size=r.training_size, batch_size=r.batch_size,
             epochs=epochs, device=self.request.train_device, out=str(folder), name="run", workers=r.workers, seed=r.seed,

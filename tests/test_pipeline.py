@@ -221,3 +221,17 @@ def test_build_scores_the_start_records_gamma_before_and_after_and_scores_the_ex
     again = Build(BuildRequest(target="jetson-nano", out=out, cfg="edgeyolo-res", data=str(data), recipe=recipe)).run()
     assert {s["name"]: s["status"] for s in again["stages"]}["source"] == "cached"
     assert again["stages"][0]["metrics"] == manifest["stages"][0]["metrics"]
+
+
+def test_build_refuses_broken_labels_before_training(tmp_path: Path) -> None:
+    from edgeyolo.data.synth import make_synthetic
+    from edgeyolo.errors import InputFileError
+
+    data = make_synthetic(tmp_path / "synth", classes=12, train=8, val=4, img_size=64, seed=0).data_yaml
+    label = sorted((tmp_path / "synth" / "labels" / "train").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "3 0.5 0.5 0.2\n")  # four fields
+    out = tmp_path / "build"
+    request = BuildRequest(target="host", out=out, cfg="edgeyolo-res", data=str(data), recipe=_recipe(sparse_epochs=1))
+    with pytest.raises(InputFileError, match=label.name):
+        Build(request).run()
+    assert not (out / "stages" / "02-sparse" / "run").exists()
