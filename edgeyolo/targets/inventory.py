@@ -52,12 +52,25 @@ class Device:
     ssh_config: str = "~/.ssh/config"  # read for host aliases ('' to ignore it)
     proxy_jump: str | None = None  # [user@]host[:port],...; overrides the ssh config's ProxyJump ('none': direct)
     lock_file: str = DEFAULT_LOCK_FILE  # on the board, shared by every workdir and user
+    trtexec: str | None = None  # trtexec on the board when not where the target's profile says (relative: to the workdir)
     # the keys the inventory entry spelled out: those win over ~/.ssh/config even at their default value
     given: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name or not self.host:
             raise UsageError(f"device '{self.name}': 'host' is required")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "given" or value is None:
+                continue
+            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise UsageError(f"device '{self.name}': {f.name} must be a number of seconds, got {value!r}")
+            if f.type in ("str", "str | None") and not isinstance(value, str):
+                raise UsageError(f"device '{self.name}': {f.name} must be a string, got {value!r}")
+        if self.target != "generic":
+            from edgeyolo.targets.profiles import get_target
+
+            get_target(self.target)  # an unknown target names the known ones
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise UsageError(f"device '{self.name}': port must be an integer in 1..65535, got {self.port!r}")
         if not self.workdir or self.workdir.strip() in ("/", "~", "."):
@@ -126,6 +139,9 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> dict[str, Device]
             out[str(name)] = Device(name=str(name), given=frozenset(entry), **entry)
         except TypeError as exc:
             raise InputFileError(f"{source}: device '{name}': {exc}") from None
+        except UsageError as exc:
+            message = str(exc)
+            raise InputFileError(f"{source}: {message if message.startswith('device ') else f'device {name!r}: {message}'}") from None
     return out
 
 
@@ -141,7 +157,9 @@ def load_inventory(path: str | Path | None = None) -> dict[str, Device]:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise InputFileError(f"{p}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise InputFileError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     return parse_inventory(data, str(p))
 
 

@@ -75,3 +75,23 @@ def test_secrets_come_from_the_environment(monkeypatch):
     assert d.secret("passphrase") is None
     monkeypatch.setenv("A_PASS", "xyzzy")
     assert d.secret("passphrase") == "xyzzy" and "xyzzy" not in repr(d)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("devices:\n  nano:\n    host: a\n    connect_timeout: soon\n", r"devices\.yaml: device 'nano': connect_timeout must be a number of seconds, got 'soon'"),
+        ("devices:\n  nano:\n    host: a\n    target: jetson-nanoo\n", r"devices\.yaml: device 'nano': unknown target 'jetson-nanoo'; known: .*jetson-nano"),
+        ("devices:\n  nano:\n    host: a\n    user: [1, 2]\n", r"device 'nano': user must be a string"),
+        ("devices:\n  nano:\n    host: a\n   port: 22\n", r"devices\.yaml:4: not valid YAML"),
+    ],
+)
+def test_inventory_values_are_checked_and_errors_name_the_file(tmp_path, text, message):
+    from edgeyolo.errors import InputFileError
+    from edgeyolo.targets.inventory import load_inventory
+
+    path = tmp_path / "devices.yaml"
+    path.write_text(text)
+    with pytest.raises(InputFileError, match=message) as info:
+        load_inventory(path)
+    assert "<unicode string>" not in str(info.value) and "\n" not in str(info.value)

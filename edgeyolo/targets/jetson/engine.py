@@ -305,7 +305,7 @@ def ensure_engine(
     GPU, and looks for ``engines/<key>.engine``; when absent, runs the profile's trtexec line in the
     workdir under the board lock, streaming its log to ``on_log``. ``qdq`` None reads it from the
     graph; ``precision`` None is the profile's default (fp16 when int8 would have no scales);
-    ``trtexec`` overrides the profile's path (relative paths are in the workdir); ``lock`` False is
+    ``trtexec`` overrides the device's and the profile's path (relative paths are in the workdir); ``lock`` False is
     for callers that already hold the board lock. A failed build raises :class:`EngineBuildFailed`
     (a :class:`TrtexecFailed`) and leaves no engine behind.
     """
@@ -318,6 +318,8 @@ def ensure_engine(
     calib = Path(calib_cache) if calib_cache is not None else None
     if calib is not None and not calib.is_file():
         raise InputFileError(f"--calib {calib}: no such calibration cache")
+    if trtexec is None:  # the device's own path (devices.yaml 'trtexec'), else the profile's
+        trtexec = getattr(getattr(transport, "device", None), "trtexec", None)
     held = BoardLock(transport, f"engine {onnx_path.name}") if lock else contextlib.nullcontext()
     with held:
         return _ensure(transport, onnx_path, prof, precision, qdq, calib, timeout, on_log, trtexec, workspace_mib,
