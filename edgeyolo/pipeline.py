@@ -780,8 +780,8 @@ def demo_recipe(target: str, **overrides: Any) -> Recipe:
 
     base = {
         "img_size": get_target(target).input_sizes[0], "train_img_size": 160, "batch_size": 16, "workers": 0, "cache": True,
-        "sparse_epochs": 6, "s": 0.05, "prune_mode": 1, "sr_penalty": "gradual", "sr_rank": "taylor", "sr_schedule": "dynamic",
-        "sr_target": 0.4, "sr_ramp": 0.5, "prune_method": "slim", "percent": "sparse", "finetune_epochs": 4, "calib_images": 64,
+        "sparse_epochs": 8, "s": 0.1, "prune_mode": 1, "sr_penalty": "gradual", "sr_rank": "taylor", "sr_schedule": "dynamic",
+        "sr_target": 0.45, "sr_ramp": 0.4, "prune_method": "slim", "percent": "sparse", "finetune_epochs": 4, "calib_images": 64,
     }
     return Recipe(**{**base, **overrides})
 
