@@ -12,7 +12,8 @@ OWN = ("edgeyolo-res", "edgeyolo-mobile")
 DARKNET = ("yolov3", "yolov3-spp", "yolov3-tiny", "yolov4", "yolov4-tiny")
 DEFAULT = "edgeyolo-res"
 # edgeyolo-res trained on the synthetic set's defaults (``edgeyolo data synth``): the demo build's start.
-# Its metadata holds the command, seed, data and measured mAP (``edgeyolo info --weights`` shows it).
+# Its safetensors metadata holds the command, seed, data and measured mAP (``edgeyolo.demo.*`` keys,
+# written by examples/demo/make_checkpoint.py).
 DEMO_CHECKPOINT = ZOO_DIR / "edgeyolo-res-synth.safetensors"
 
 
