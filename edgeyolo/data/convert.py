@@ -53,7 +53,7 @@ from edgeyolo.data.formats import (
     _image_issue,
     _names_arg,
     _pixel_box,
-    _voc_image,
+    voc_sample,
     load_dataset,
     read_image_size,
     read_voc_xml,
@@ -547,36 +547,22 @@ def read_voc(
     for split, rows in records.items():
         samples = []
         for xml, record, folders in rows:
-            image = _voc_image(record, xml.stem, folders)
-            size = read_image_size(image)
-            if size is None:
-                issues.append(_image_issue(image))
-                continue
-            width, height = size
-            if record.width and record.height and (record.width, record.height) != size:
-                issues.append(LabelIssue(xml, None, f"<size> says {record.width}x{record.height}, the image is {width}x{height}; using the image's size"))
-            boxes, classes, difficult = [], [], []
-            for obj in record.objects:
+
+            def class_of(obj, xml: Path = xml) -> int | None:
                 target = mapping.get(obj.name, obj.name)
-                if target not in index:
-                    if not drop_unknown:
-                        raise InputFileError(
-                            f"{xml}:{obj.name_line}: class '{obj.name}' is not in the names ({', '.join(name_list)}); "
-                            f"map it with --map {obj.name}=NAME, or drop such boxes with --drop-unknown"
-                        )
-                    dropped[obj.name] = dropped.get(obj.name, 0) + 1
-                    continue
-                box, note = _pixel_box(*obj.box, width, height)
-                if box is None:
-                    issues.append(LabelIssue(xml, obj.line, f"{note}; skipped"))
-                    continue
-                if note:
-                    issues.append(LabelIssue(xml, obj.line, note))
-                boxes.append(box)
-                classes.append(index[target])
-                difficult.append(obj.difficult)
-            annotation = Annotation.of(boxes, classes, difficult) if boxes else Annotation.empty()
-            samples.append(Sample(image, xml.stem, width, height, annotation))
+                if target in index:
+                    return index[target]
+                if not drop_unknown:
+                    raise InputFileError(
+                        f"{xml}:{obj.name_line}: class '{obj.name}' is not in the names ({', '.join(name_list)}); "
+                        f"map it with --map {obj.name}=NAME, or drop such boxes with --drop-unknown"
+                    )
+                dropped[obj.name] = dropped.get(obj.name, 0) + 1
+                return None
+
+            sample = voc_sample(xml, record, xml.stem, folders, class_of, issues)
+            if sample is not None:
+                samples.append(sample)
         parts[split] = samples
     if dropped:
         notes.append("dropped boxes of classes not in the names: " + ", ".join(f"{k} ({v})" for k, v in sorted(dropped.items())))

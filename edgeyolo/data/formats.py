@@ -713,6 +713,41 @@ def _load_coco(path: Path, image_root: Path | None) -> DetectionDataset:
     return DetectionDataset(samples, names, str(path), issues, category_ids)
 
 
+def voc_sample(
+    xml: Path, record: VocRecord, stem: str, folders: list[Path], class_of: Callable[[VocObject], int | None],
+    issues: list[LabelIssue],
+) -> Sample | None:
+    """One VOC annotation as a sample: its image found and measured (None when unreadable, with an
+    issue), each object's class from ``class_of`` (None skips the object: ``class_of`` says why) and
+    its box clipped to the image (a box with nothing inside is skipped, with an issue)."""
+    image = _voc_image(record, stem, folders)
+    size = read_image_size(image)
+    if size is None:
+        issues.append(_image_issue(image))
+        return None
+    width, height = size
+    if record.width and record.height and (record.width, record.height) != size:
+        issues.append(
+            LabelIssue(xml, None, f"<size> says {record.width}x{record.height}, the image is {width}x{height}; using the image's size")
+        )
+    boxes, classes, difficult = [], [], []
+    for obj in record.objects:
+        cls = class_of(obj)
+        if cls is None:
+            continue
+        box, note = _pixel_box(*obj.box, width, height)
+        if box is None:
+            issues.append(LabelIssue(xml, obj.line, f"{note}; skipped"))
+            continue
+        if note:
+            issues.append(LabelIssue(xml, obj.line, note))
+        boxes.append(box)
+        classes.append(cls)
+        difficult.append(obj.difficult)
+    annotation = Annotation.of(boxes, classes, difficult) if boxes else Annotation.empty()
+    return Sample(image, stem, width, height, annotation)
+
+
 def _pixel_box(
     x1: float, y1: float, x2: float, y2: float, width: int, height: int
 ) -> tuple[tuple[float, float, float, float] | None, str]:
@@ -926,32 +961,15 @@ def _load_voc(path: Path, split: str, names: list[str] | None, image_root: Path 
         stem = xml.stem
         if record is None:
             record = VocRecord(xml, None, None, 0, 0, [])
-        image = _voc_image(record, stem, folders)
-        size = read_image_size(image)
-        if size is None:
-            issues.append(_image_issue(image))
-            continue
-        width, height = size
-        if record.width and record.height and (record.width, record.height) != size:
-            issues.append(
-                LabelIssue(xml, None, f"<size> says {record.width}x{record.height}, the image is {width}x{height}; using the image's size")
-            )
-        boxes, classes, difficult = [], [], []
-        for obj in record.objects:
+        def class_of(obj: VocObject, xml: Path = xml) -> int | None:
             if obj.name not in index:
                 issues.append(LabelIssue(xml, obj.name_line, f"class '{obj.name}' is not in the names list; skipped"))
-                continue
-            box, note = _pixel_box(*obj.box, width, height)
-            if box is None:
-                issues.append(LabelIssue(xml, obj.line, f"{note}; skipped"))
-                continue
-            if note:
-                issues.append(LabelIssue(xml, obj.line, note))
-            boxes.append(box)
-            classes.append(index[obj.name])
-            difficult.append(obj.difficult)
-        annotation = Annotation.of(boxes, classes, difficult) if boxes else Annotation.empty()
-        samples.append(Sample(image, stem, width, height, annotation))
+                return None
+            return index[obj.name]
+
+        sample = voc_sample(xml, record, stem, folders, class_of, issues)
+        if sample is not None:
+            samples.append(sample)
     if not names and not samples:
         raise InputFileError(f"{path}: no VOC annotations found")
     return DetectionDataset(samples, list(names), str(path), issues)
