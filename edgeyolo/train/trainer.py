@@ -228,7 +228,10 @@ class RunSchedule:
     :data:`MIN_STEPS_PER_EPOCH`-th of an epoch's mini-batches, so a small set still makes several
     optimizer steps every epoch; its effective nominal batch is smaller, and the weight decay is
     scaled with it (the loss is summed over images, so a step's data gradient grows with the images
-    it holds and the decay must keep pace). The burn-in is
+    it holds and the decay must keep pace). The learning rate rises by the square root of the
+    shrink, so a step of fewer images still moves the weights about as far (sqrt scaling): on 35
+    tree tiles in steps of 8 images, lr0 0.01 reached val mAP@0.5 0.111 in 20 epochs, 0.02 0.215
+    and 0.04 0.288; sqrt(64 / 8) gives 0.028. The burn-in is
     ``burn_in`` mini-batches but at most ``burn_in_fraction`` of the run: 300 fixed iterations are
     the whole of a 60-epoch run of 3 mini-batches. ``"fixed"`` is the behaviour of runs made before.
     """
@@ -240,18 +243,22 @@ class RunSchedule:
     nominal_batch: int  # images per optimizer step (the last step of an epoch may hold fewer)
     burn_in: int  # warm-up, in mini-batches
     weight_decay: float
+    lr_scale: float = 1.0  # multiplies lr0
 
     @classmethod
     def plan(cls, config: TrainConfig, batches_per_epoch: int) -> RunSchedule:
         batches = max(int(batches_per_epoch), 1)
         accumulate = max(round(config.nominal_batch / config.batch_size), 1)
-        burn_in, decay = config.burn_in, config.weight_decay
+        burn_in, decay, lr_scale = config.burn_in, config.weight_decay, 1.0
         if config.schedule == "scaled":
+            wanted = accumulate
             accumulate = min(accumulate, max(batches // MIN_STEPS_PER_EPOCH, 1))
             burn_in = min(burn_in, int(config.burn_in_fraction * config.epochs * batches))
             decay = config.weight_decay * accumulate * config.batch_size / config.nominal_batch
+            if config.optimizer == "sgd":  # Adam's steps do not grow with the gradient
+                lr_scale = math.sqrt(wanted / accumulate)  # 1 unless the set is too small for the nominal batch
         steps = math.ceil(batches / accumulate)
-        return cls(batches, accumulate, steps, steps * config.epochs, accumulate * config.batch_size, burn_in, decay)
+        return cls(batches, accumulate, steps, steps * config.epochs, accumulate * config.batch_size, burn_in, decay, lr_scale)
 
     @property
     def burn_in_steps(self) -> int:
@@ -260,8 +267,8 @@ class RunSchedule:
     def describe(self, config: TrainConfig, images: int) -> str:
         return (
             f"schedule: {images} images, {self.batches_per_epoch} mini-batches of {config.batch_size} per epoch, "
-            f"gradients accumulated over {self.accumulate} (nominal batch {self.nominal_batch}, weight decay "
-            f"{self.weight_decay:.3g}): {self.steps_per_epoch} optimizer step{'s' if self.steps_per_epoch > 1 else ''} "
+            f"gradients accumulated over {self.accumulate} (nominal batch {self.nominal_batch}, lr {config.lr0 * self.lr_scale:.3g}, "
+            f"weight decay {self.weight_decay:.3g}): {self.steps_per_epoch} optimizer step{'s' if self.steps_per_epoch > 1 else ''} "
             f"per epoch, {self.total_steps} in the run, the first {self.burn_in_steps} warming up"
         )
 
@@ -623,7 +630,7 @@ class Trainer:
                 if (step + 1) % accumulate == 0 or step + 1 == steps:
                     factor, momentum = lr_factor(c, epoch, step, steps, self.schedule.burn_in)
                     buf = 1.0 if buf is None else momentum * buf + 1.0
-                    total += c.lr0 * factor * (1.0 + momentum * buf)  # Nesterov: g + m · buf
+                    total += c.lr0 * self.schedule.lr_scale * factor * (1.0 + momentum * buf)  # Nesterov: g + m · buf
         return c.s * total
 
     def train_epoch(self, epoch: int, accumulate: int) -> EpochRecord:
@@ -645,7 +652,7 @@ class Trainer:
         for step, (images, targets, _) in enumerate(batches):
             waited += time.perf_counter() - ready
             factor, momentum = lr_factor(c, epoch, step, steps, self.schedule.burn_in)
-            lr = c.lr0 * factor
+            lr = c.lr0 * self.schedule.lr_scale * factor
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
                 if "momentum" in group:

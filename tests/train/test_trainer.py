@@ -1,5 +1,6 @@
 """Training runs end to end, resumes bit-exactly after SIGKILL, stops cleanly on NaN, runs under DDP."""
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -338,6 +339,9 @@ def test_a_small_set_makes_optimizer_steps_every_epoch(tmp_path):
     # the summed loss makes a step's data gradient proportional to its images: the decay follows
     assert plan.weight_decay == pytest.approx(config.weight_decay * plan.nominal_batch / 64)
     assert trainer.optimizer.param_groups[1]["weight_decay"] == plan.weight_decay
+    # a step of 8 images instead of 64: the learning rate rises by sqrt(8) (SGD only)
+    assert plan.lr_scale == pytest.approx(8**0.5)
+    assert RunSchedule.plan(dataclasses.replace(config, optimizer="adam"), 3).lr_scale == 1.0
     trainer.validate = lambda: None
     steps = []
     step = trainer.optimizer.step
@@ -374,14 +378,14 @@ def test_warm_up_is_a_bounded_fraction_of_the_run(images, batch, epochs):
 def test_a_large_set_keeps_the_nominal_batch_and_burn_in():
     config = TrainConfig(data="d", batch_size=16, epochs=40)
     plan = RunSchedule.plan(config, 125)
-    assert (plan.accumulate, plan.nominal_batch, plan.burn_in, plan.weight_decay) == (4, 64, 300, config.weight_decay)
+    assert (plan.accumulate, plan.nominal_batch, plan.burn_in, plan.weight_decay, plan.lr_scale) == (4, 64, 300, config.weight_decay, 1.0)
 
 
 def test_a_config_written_before_the_scaled_schedule_resumes_as_it_started():
     old = TrainConfig.from_json(json.dumps({"data": "d", "batch_size": 8, "epochs": 60}))
     assert old.schedule == "fixed" and old.augment_spec().scale == 0.5 and old.augment_spec().hsv_s == 0.7
     plan = RunSchedule.plan(old, 3)
-    assert (plan.accumulate, plan.burn_in, plan.weight_decay) == (8, 300, old.weight_decay)
+    assert (plan.accumulate, plan.burn_in, plan.weight_decay, plan.lr_scale) == (8, 300, old.weight_decay, 1.0)
     new = TrainConfig(data="d", aug={"scale": 0.3})
     assert TrainConfig.from_json(new.to_json()) == new
 
