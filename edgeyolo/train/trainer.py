@@ -210,7 +210,7 @@ class ModelEMA:
 
 #: below this many optimizer steps a run is warned that it is too short to learn. On the README's
 #: tree tiles (yolov3-tiny -pt, 20 epochs) the runs of 20 steps reached val mAP@0.5 0.015-0.016,
-#: the same epochs in 100 steps 0.090-0.158; a user's 22-step run 0.031 and 180-step run 0.166
+#: the same epochs in 100 steps 0.085-0.288; a user's 22-step run 0.031 and 180-step run 0.166
 MIN_OPTIMIZER_STEPS = 100
 
 #: a small set's accumulation is cut so that an epoch makes at least this many optimizer steps (when
