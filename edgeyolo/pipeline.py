@@ -181,7 +181,8 @@ def _check_types(recipe: Recipe) -> None:
         if wanted is None:
             continue
         if isinstance(value, bool) and bool not in wanted or not isinstance(value, wanted):
-            raise UsageError(f"recipe {f.name} must be {'a number' if declared == 'float' else 'an ' + declared if declared == 'int' else 'a ' + declared}; got {value!r}")
+            kind = {"float": "a number", "int": "an int"}.get(declared, f"a {declared}")
+            raise UsageError(f"recipe {f.name} must be {kind}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -520,12 +521,10 @@ class Build:
         TensorRT's fp16 engine, labelled as such in the report."""
         import tempfile
 
-        from edgeyolo.contract import Contract, channel_order_for
-        from edgeyolo.runtime.evaluate import evaluate_runner
+        from edgeyolo.runtime.evaluate import evaluate_runner, evaluation_contract
         from edgeyolo.runtime.runners import OnnxRuntimeRunner
 
-        size = self.recipe.img_size
-        contract = Contract(size, size, channel_order=channel_order_for(channels), conf_threshold=0.001, iou_threshold=0.6, max_detections=100)
+        contract = evaluation_contract(self.recipe.img_size, channels)
         with tempfile.TemporaryDirectory() as tmp:
             run_path = _fp16_rounded(path, Path(tmp) / path.name) if fp16 else path
             with OnnxRuntimeRunner(run_path, contract) as runner:

@@ -75,6 +75,11 @@ def evaluate_runner(
     return DatasetEvaluation(result, detections, samples, issues, seconds, contract.height)
 
 
+def evaluation_contract(size: int, channels: int, conf: float = 0.001, iou: float = 0.6) -> Contract:
+    """The contract every mAP is scored with: a low score threshold keeps the whole precision-recall curve."""
+    return Contract(size, size, channel_order=channel_order_for(channels), conf_threshold=conf, iou_threshold=iou, max_detections=100)
+
+
 def evaluate_model(
     model: Darknet,
     dataset: DetectionDataset,
@@ -93,8 +98,6 @@ def evaluate_model(
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got '{metric}'")
     if dataset.num_classes != model.num_classes:
         raise UsageError(f"{dataset.source} has {dataset.num_classes} classes but the model has {model.num_classes}")
-    size = img_size or model.cfg.net.height
-    channels = channel_order_for(model.cfg.net.channels)
-    contract = Contract(size, size, channel_order=channels, conf_threshold=conf, iou_threshold=iou, max_detections=100)
+    contract = evaluation_contract(img_size or model.cfg.net.height, model.cfg.net.channels, conf, iou)
     with make_runner(backend, model, contract, threads) as runner:
         return evaluate_runner(runner, contract, dataset, metric, progress, slicing)
