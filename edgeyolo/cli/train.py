@@ -38,6 +38,9 @@ def train(
         None, "--aug", help="Augmentation strength NAME=VALUE, repeatable: hsv_h, hsv_s, hsv_v, flip_lr, degrees, translate, "
         "scale, shear, mosaic, min_object_px (README: augmentation).",
     ),
+    close_aug: float = typer.Option(
+        0.1, "--close-aug", help="Fraction of the final epochs trained without augmentation (0: augment to the end)."
+    ),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (CUDA only)."),
     sparse: bool = typer.Option(False, "-sr", "--sr", "--sparse", help="Sparse training of BN γ."),
     s: float = typer.Option(0.001, "--s", help="Sparsity rate (per optimizer step)."),
@@ -132,6 +135,7 @@ def train(
             lr0=lr0,
             augment=not no_augment,
             aug=parse_aug(aug or []),
+            close_aug=close_aug,
             amp=amp,
             sparse=sparse,
             s=s,

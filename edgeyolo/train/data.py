@@ -172,6 +172,7 @@ LEGACY_AUGMENT: dict[str, float] = {
     "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "flip_lr": 0.5, "degrees": 0.0, "translate": 0.1,
     "scale": 0.5, "shear": 0.0, "mosaic": 0.0, "min_object_px": 0.0,
 }
+_OFF = TrainAugment.off()
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,7 @@ class YoloTrainDataset(Dataset):
         seed: int = 0,
         cache: bool = False,
         channels: int = 3,
+        plain_from: int | None = None,
     ) -> None:
         if channels not in (1, 3):
             raise UsageError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
@@ -355,6 +357,7 @@ class YoloTrainDataset(Dataset):
         self.num_classes = dataset.num_classes
         self.img_size = _check_size(img_size)
         self.augment = augment if augment is not None else TrainAugment.off()
+        self.plain_from = plain_from  # epochs from here on are letterbox only (TrainConfig.plain_epochs)
         self.seed = int(seed)
         self.channels = channels
         self.epoch = 0
@@ -429,7 +432,8 @@ class YoloTrainDataset(Dataset):
 
     def draws(self, index: int, epoch: int | None = None) -> _Draws:
         """The random choices of ``index`` in ``epoch``: a pure function of (seed, epoch, index)."""
-        aug = self.augment
+        epoch = self.epoch if epoch is None else epoch
+        aug = self.augment if self.plain_from is None or epoch < self.plain_from else _OFF
         rng = self.rng(index, epoch)
         u = rng.random(_N_DRAWS)
         sym = 2.0 * u - 1.0  # uniform in [-1, 1)
@@ -446,7 +450,7 @@ class YoloTrainDataset(Dataset):
             flip=bool(on and u[1] < aug.flip_lr),
             hsv=hsv,
             angle=float(sym[5] * aug.degrees) if on else 0.0,
-            zoom=self._zoom(u[6], sym[6]) if on else 1.0,
+            zoom=self._zoom(aug, u[6], sym[6]) if on else 1.0,
             shear_x=float(sym[7] * aug.shear) if on else 0.0,
             shear_y=float(sym[8] * aug.shear) if on else 0.0,
             shift_x=float(0.5 + sym[9] * aug.translate) if on else 0.5,
@@ -455,10 +459,9 @@ class YoloTrainDataset(Dataset):
             partners=partners,
         )
 
-    def _zoom(self, u: float, sym: float) -> float:
+    def _zoom(self, aug: TrainAugment, u: float, sym: float) -> float:
         """Zoom from its uniform draw: 1 ± scale, or [floor, 1 + scale] when the small-object floor
         binds (the first form kept as it was, so draws without a floor are unchanged)."""
-        aug = self.augment
         if self._zoom_low <= 1.0 - aug.scale:
             return float(1.0 + sym * aug.scale)
         return float(self._zoom_low + u * (1.0 + aug.scale - self._zoom_low))

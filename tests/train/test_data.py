@@ -413,6 +413,20 @@ def test_epoch_in_the_key_equals_the_dataset_epoch(synth: DetectionDataset) -> N
     assert not torch.equal(ds[(2, 128, 4)][0], keyed[0])
 
 
+def test_epochs_from_plain_from_on_are_the_contract_letterbox(synth: DetectionDataset) -> None:
+    closing = YoloTrainDataset(synth, 128, TrainAugment(degrees=5), plain_from=2)
+    always = YoloTrainDataset(synth, 128, TrainAugment(degrees=5))
+    plain = YoloTrainDataset(synth, 128, None)
+    for index in range(3):
+        assert torch.equal(closing[(index, 128, 1)][0], always[(index, 128, 1)][0])  # before: augmented as ever
+        assert not torch.equal(closing[(index, 128, 1)][0], plain[(index, 128, 1)][0])
+        for epoch in (2, 5):
+            got, want = closing[(index, 128, epoch)], plain[(index, 128, epoch)]
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    closing.set_epoch(2)
+    assert torch.equal(closing[0][0], plain[(0, 128, 2)][0])
+
+
 def test_hsv_from_bgr_equals_hsv_after_the_colour_swap() -> None:
     """The training tile folds BGR→RGB into the HSV round trip; the pixels must not change."""
     from edgeyolo.train.data import _hsv

@@ -388,6 +388,24 @@ def test_a_config_written_before_the_scaled_schedule_resumes_as_it_started():
     assert (plan.accumulate, plan.burn_in, plan.weight_decay, plan.lr_scale) == (8, 300, old.weight_decay, 1.0)
     new = TrainConfig(data="d", aug={"scale": 0.3})
     assert TrainConfig.from_json(new.to_json()) == new
+    assert old.plain_epochs == 0 and new.close_aug == 0.1 and new.plain_epochs == 10  # closed at the end since
+
+
+@pytest.mark.parametrize("epochs,close,augment,plain", [
+    (200, 0.1, True, 20), (150, 0.1, True, 15), (8, 0.1, True, 0), (10, 0.1, True, 1), (30, 0.0, True, 0),
+    (30, 1.0, True, 30), (200, 0.1, False, 0),
+])
+def test_the_last_epochs_train_without_augmentation(epochs, close, augment, plain):
+    config = TrainConfig(data="d", epochs=epochs, close_aug=close, augment=augment)
+    assert config.plain_epochs == plain
+    text = RunSchedule.plan(config, 5).describe(config, 35)
+    assert (f"the last {plain} epoch{'s' if plain > 1 else ''} without augmentation;" in text + ";") == bool(plain)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.1"])
+def test_close_aug_must_be_a_fraction(bad):
+    with pytest.raises(UsageError, match="--close-aug must be a fraction"):
+        TrainConfig(data="d", close_aug=bad)
 
 
 @pytest.mark.parametrize("option,message", [
