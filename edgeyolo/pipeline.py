@@ -306,7 +306,8 @@ class Build:
             "sparse": None if r.sparse_epochs > 0 else "recipe sparse_epochs is 0",
             "prune": None if r.prune_method != "none" or req.latency_ms else "recipe prune_method is none",
             "finetune": None if r.finetune_epochs > 0 and r.prune_method != "none" else "recipe finetune_epochs is 0 or nothing pruned",
-            "quantize": None if self.precision == "int8" else f"precision {self.precision}",
+            "quantize": (f"precision {self.precision}" if self.precision != "int8" else
+                         "onnxruntime's quantizer calibrates in the export stage" if self._quantizes_at_export() else None),
             "export": None,
             "deploy": None if req.device else "no --device named",
         }
@@ -464,7 +465,8 @@ class Build:
             "prune": {"method": r.prune_method, "percent": r.percent, "multiple": self._multiple(), "latency_ms": req.latency_ms},
             "finetune": {"epochs": r.finetune_epochs, "kd": r.kd, "batch": r.batch_size, "size": r.training_size, "aug": r.aug},
             "quantize": {"images": r.calib_images, "method": r.quant_method, "target": self.profile.name},
-            "export": {"target": self.profile.name, "precision": self.precision},
+            "export": {"target": self.profile.name, "precision": self.precision,
+                       **({"images": r.calib_images, "method": r.quant_method} if self._quantizes_at_export() else {})},
             "deploy": {"device": req.device, "duration": r.bench_duration, "at": time.time()},  # always re-measured
         }
         return {**common, **by_stage[name]}
@@ -643,6 +645,12 @@ class Build:
         }
         return Artifact(folder), {**metrics, **self._evaluate(folder / MODEL_CFG, folder / MODEL_WEIGHTS)}
 
+    def _quantizes_at_export(self) -> bool:
+        """True when the target's int8 layout is written from the float model at export (host)."""
+        from edgeyolo.export.int8_layouts import INT8_LAYOUTS
+
+        return self.precision == "int8" and self.profile.int8_layout is not None and INT8_LAYOUTS.get(self.profile.int8_layout).quantizes_at_export
+
     def _stage_quantize(self, art: Artifact, folder: Path):
         from edgeyolo.compress.quant import QuantSpec, calibrate, prepare_qat, save_quantized
         from edgeyolo.model.checkpoint import load_model
@@ -675,7 +683,19 @@ class Build:
         onnx_path = folder / "model.onnx"
         opset = min(p.tensorrt.max_opset, DEFAULT_OPSET) if p.tensorrt else DEFAULT_OPSET
         qdq = "quantized" in art.files
-        if qdq:
+        if self._quantizes_at_export():
+            from edgeyolo.data.formats import load_dataset
+            from edgeyolo.export.host_int8 import export_host_int8
+            from edgeyolo.model.io import read_image
+
+            if not (self.request.data or self.request.demo):
+                raise UsageError(f"{p.name} int8: calibration needs images; give --data (its train split is used)")
+            paths = [s.image for s in load_dataset(self.data(), "train").samples[: r.calib_images]]
+            frames = [f for f in (read_image(x) for x in paths) if f is not None]
+            result = export_host_int8(load_model(art.cfg, art.weights), onnx_path, frames, img_size=r.img_size, calibration=r.quant_method)
+            qdq_metrics = {"int8_layout": p.int8_layout, "int8_min_code_match": round(result.min_code_match, 6),
+                           "int8_reduce_range": result.reduce_range, "calib_images": len(frames), "calibration": r.quant_method}
+        elif qdq:
             from edgeyolo.compress.quant import load_quantized
             from edgeyolo.export.qdq import export_qdq
 
@@ -685,6 +705,8 @@ class Build:
 
             export_onnx(load_model(art.cfg, art.weights), onnx_path, img_size=r.img_size, opset=opset)
         metrics: dict[str, Any] = {"onnx_sha256": file_sha256(onnx_path), "opset": opset}
+        if self._quantizes_at_export():
+            metrics.update(qdq_metrics)
         if self._evaluating():  # the file the board gets, in an independent runtime
             model = load_model(art.cfg, art.weights)
             metrics.update(self._evaluate_onnx(onnx_path, model.cfg.net.channels, fp16=self.precision == "fp16"))

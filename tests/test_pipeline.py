@@ -68,6 +68,27 @@ def test_int8_on_an_fp16_only_board_is_refused_with_the_reason(tmp_path: Path) -
     assert not (tmp_path / "manifest.json").exists()
 
 
+def test_host_int8_build_quantizes_at_export_in_the_onnxruntime_layout(tmp_path: Path) -> None:
+    from collections import Counter
+
+    import onnx
+
+    from edgeyolo.data.synth import make_synthetic
+
+    data = make_synthetic(tmp_path / "synth", classes=12, train=16, val=6, img_size=64, seed=0).data_yaml
+    out = tmp_path / "build"
+    recipe = _recipe(calib_images=8, evaluate=True, prune_method="none")
+    manifest = Build(BuildRequest(target="host", out=out, cfg="edgeyolo-res", data=str(data), precision="int8", recipe=recipe)).run()
+    stages = {s["name"]: s for s in manifest["stages"]}
+    assert manifest["precision"] == "int8"
+    assert stages["quantize"]["status"] == "skipped" and "export stage" in stages["quantize"]["reason"]
+    export = stages["export"]["metrics"]
+    assert export["int8_layout"] == "onnxruntime" and export["int8_min_code_match"] >= 0.999 and export["calib_images"] == 8
+    assert 0.0 <= export["map50"] <= 1.0
+    ops = Counter(n.op_type for n in onnx.load(manifest["artifact"]).graph.node)
+    assert ops["QuantizeLinear"] > ops["Conv"] > 0  # every tensor quantized, not only conv inputs
+
+
 def test_build_cli_dry_run_lists_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["build", "--target", "jetson-nano", "--cfg", "edgeyolo-res", "--out", str(tmp_path / "b"), "--dry-run"])
     text = capsys.readouterr().out

@@ -30,7 +30,10 @@ def host(
     img_size: Optional[int] = ImgSizeOpt,
     runs: int = typer.Option(50, "--runs", help="Timed runs per backend."),
     threads: int = typer.Option(2, "--threads", help="Threads for every runtime."),
-    backends: List[str] = typer.Option(["onnxruntime", "opencv", "torch"], "--backend", help="Backends to time (repeatable)."),
+    backends: List[str] = typer.Option(
+        ["onnxruntime", "opencv", "torch"], "--backend", help="Backends to time (repeatable): onnxruntime, onnxruntime-int8, opencv, torch."
+    ),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="onnxruntime-int8: calibration images (default: the --images folder)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Pre + inference + post latency (median, p90) per backend on the same images, threads pinned."""
@@ -57,7 +60,12 @@ def host(
     contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels))
     gflops = total_bflops(model.cfg, size, conv_only=True)
     files = darknet_files(cfg, weights)
-    runners = {b: make_runner(b, model, contract, threads, *files) for b in backends}
+    calib_frames = None
+    if "onnxruntime-int8" in backends:
+        calib_frames = load_images(calib, 64) if calib is not None else frames
+        if not calib_frames:
+            raise UsageError(f"--calib {calib}: no readable images")
+    runners = {b: make_runner(b, model, contract, threads, *files, calib_images=calib_frames) for b in backends}
     ceiling = gemm_gflops(threads)
     try:
         results = bench_host(runners, contract, frames, gflops, runs=runs, threads=threads, progress=lambda r: track(r, "bench"))
@@ -87,6 +95,61 @@ def host(
     console = Console(width=140)
     console.print(table)
     console.print(f"fp32 GEMM ceiling on {threads} threads: {ceiling:.0f} GFLOP/s (torch.mm 1024^3, best of 10)")
+
+
+@app.command("int8")
+def int8(
+    cfg: str = CfgOpt,
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (default: calibrated random init)."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration images (a folder)."),
+    images: Path = typer.Option(..., "--images", help="Scored and timed images (a folder; none of them in --calib)."),
+    img_size: Optional[int] = ImgSizeOpt,
+    runs: int = typer.Option(50, "--runs", help="Timed runs per model, interleaved."),
+    threads: int = typer.Option(2, "--threads", help="onnxruntime threads."),
+    calibration: str = typer.Option("minmax", "--calibration", help="minmax | percentile | entropy."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Host int8 (the onnxruntime layout) against fp32: latency p50/p90 and agreement of the detections."""
+    from rich.console import Console
+
+    from edgeyolo.bench.int8 import AGREEMENT_GOAL, bench_int8
+    from edgeyolo.errors import UsageError
+    from edgeyolo.log import track
+    from edgeyolo.model.init import load_images
+
+    check_img_size(img_size)
+    if runs <= 0 or threads <= 0:
+        raise UsageError("--runs and --threads must be positive")
+    for option, folder in (("--calib", calib), ("--images", images)):
+        if not folder.is_dir():
+            raise UsageError(f"{option} {folder}: not a folder")
+    if {p.name for p in calib.iterdir()} & {p.name for p in images.iterdir()} or calib.resolve() == images.resolve():
+        raise UsageError("--calib and --images share images: calibrate on other images than the ones scored")
+    calib_frames, scored = load_images(calib, 256), load_images(images, 256)
+    if not calib_frames or not scored:
+        raise UsageError(f"no readable images in {calib if not calib_frames else images}")
+    model = load_cli_model(cfg, weights, random_init=weights is None, img_size=img_size)
+    size = img_size or model.cfg.net.height
+    r = bench_int8(model, calib_frames, scored, size, runs, threads, calibration, progress=lambda x: track(x, "bench int8"))
+    if as_json:
+        typer.echo(json.dumps({"cfg": cfg, **r.to_dict()}, indent=1))
+        return
+    table = _table(
+        f"{cfg} @ {size}, onnxruntime, {threads} threads, {runs} interleaved runs; {r.scored_images} scored images "
+        f"({r.reference_boxes} float boxes), {r.calibration_images} calibration images",
+        ("model", "infer ms (p50/p90)", "vs fp32", "mAP@0.5 vs float detections"),
+    )
+    table.add_row("fp32", f"{r.fp32_ms[0]:.1f} / {r.fp32_ms[1]:.1f}", "1.00x", "1 (reference)")
+    bits = "7-bit" if r.reduce_range else "8-bit"
+    table.add_row(f"int8 (u8 act, s8 {bits} weights)", f"{r.int8_ms[0]:.1f} / {r.int8_ms[1]:.1f}", f"{r.speedup_p50:.2f}x", f"{r.agreement_map50:.3f}")
+    values = sorted(r.sabotaged.values())
+    table.add_row(
+        f"int8, 2x scale error in one of {len(values)} tensors", "", "",
+        f"min {values[0]:.3f}, median {values[len(values) // 2]:.3f}, max {values[-1]:.3f}; {r.caught} of {len(values)} below {AGREEMENT_GOAL}",
+    )
+    console = Console(width=140)
+    console.print(table)
+    console.print(f"codes equal to the torch fake-quant model at every quantizer: min {r.min_code_match:.4%} (teacher-forced)")
 
 
 @app.command("train-step")

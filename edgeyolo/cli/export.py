@@ -153,6 +153,46 @@ def qdq_cmd(
     )
 
 
+@app.command("int8")
+def int8_cmd(
+    cfg: str = CfgOpt,
+    out: Path = typer.Option(..., "--out", help="Output .onnx file."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration images (a folder, or a dataset's train split); never the images you evaluate on."),
+    weights: Optional[Path] = WeightsOpt,
+    images: int = typer.Option(64, "--images", help="Calibration images used (the first N, sorted)."),
+    img_size: Optional[int] = ImgSizeOpt,
+    calibration: str = typer.Option("minmax", "--calibration", help="Activation ranges: minmax | percentile | entropy."),
+    reduce_range: Optional[bool] = typer.Option(
+        None, "--reduce-range/--full-range", help="7-bit weights (default: only on a CPU without VNNI, where 8 bits can saturate)."
+    ),
+) -> None:
+    """int8 ONNX for onnxruntime on a CPU (the host target): u8 activations, s8 per-channel weights, verified code for code."""
+    from edgeyolo.cli.quantize import _calib_images
+    from edgeyolo.errors import UsageError
+    from edgeyolo.export.host_int8 import export_host_int8
+    from edgeyolo.model.io import read_image
+
+    check_img_size(img_size)
+    check_output_file(out, "--out")
+    if images <= 0:
+        raise UsageError(f"--images must be positive, got {images}")
+    paths, source = _calib_images(calib, images)
+    frames = [f for f in (read_image(p) for p in paths) if f is not None]
+    if not frames:
+        raise UsageError(f"--calib {calib}: none of its images could be read")
+    model = load_cli_model(cfg, weights, img_size=img_size)
+    result = export_host_int8(
+        model, out, frames, img_size=img_size, calibration=calibration, reduce_range=reduce_range,
+        provenance=_provenance(weights, False, 0),
+    )
+    bits = "7-bit weights (no VNNI)" if result.reduce_range else "8-bit weights"
+    typer.echo(
+        f"wrote {result.path} (onnxruntime layout: {result.activation_quantizers} u8 activation quantizers, "
+        f"{result.weight_quantizers} int8 convs, {bits}; {calibration} ranges from {source}); codes equal to the torch "
+        f"fake-quant model: weights {result.weight_code_match:.2%}, activations min {result.min_code_match:.4%} (teacher-forced)"
+    )
+
+
 @app.command("bnfold")
 def bnfold_cmd(
     cfg: str = CfgOpt,

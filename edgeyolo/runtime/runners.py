@@ -65,6 +65,27 @@ class OnnxRuntimeRunner(Runner):
         return self.session.run(None, {self.input_name: blob})[0]
 
 
+@RUNNERS.register("onnxruntime-int8")
+class OnnxRuntimeInt8Runner(OnnxRuntimeRunner):
+    """onnxruntime on the host's int8 layout (``edgeyolo export int8``): a file, or a float model
+    quantized first with ``calib_images`` (never the images it is then scored on)."""
+
+    name = "onnxruntime-int8"
+
+    def __init__(self, model_or_path, contract: Contract, threads: int = 0, calib_images=None):
+        if isinstance(model_or_path, (str, Path)):
+            super().__init__(model_or_path, contract, threads)
+            return
+        from edgeyolo.errors import UsageError
+        from edgeyolo.export.host_int8 import export_host_int8
+
+        if not calib_images:
+            raise UsageError("the onnxruntime-int8 backend quantizes the model first: it needs calibration images")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_host_int8(model_or_path, Path(tmp) / "model.onnx", calib_images, img_size=contract.height).path
+            super().__init__(path, contract, threads)
+
+
 @RUNNERS.register("opencv")
 class OpenCVRunner(Runner):
     """OpenCV DNN on darknet cfg + weights (written from the model when it came from elsewhere).
@@ -110,9 +131,13 @@ class OpenCVRunner(Runner):
             self._tmp = None
 
 
-def make_runner(backend: str, model, contract: Contract, threads: int = 0, cfg_path: Path | None = None, weights_path: Path | None = None) -> Runner:
-    """A runner by name. OpenCV reuses the user's darknet files when those are what was given."""
+def make_runner(backend: str, model, contract: Contract, threads: int = 0, cfg_path: Path | None = None, weights_path: Path | None = None,
+                calib_images=None) -> Runner:
+    """A runner by name. OpenCV reuses the user's darknet files when those are what was given; the int8
+    runner calibrates on ``calib_images`` (BGR arrays)."""
     cls = RUNNERS.get(backend)
     if cls is OpenCVRunner:
         return OpenCVRunner(model, contract, threads, cfg_path, weights_path)
+    if cls is OnnxRuntimeInt8Runner:
+        return OnnxRuntimeInt8Runner(model, contract, threads, calib_images)
     return cls(model, contract, threads)

@@ -123,6 +123,7 @@ class TargetProfile:
     dpu_images: tuple[DpuImage, ...] = ()
     board_python: str | None = None
     precision_notes: dict[Precision, str] = field(default_factory=dict)
+    int8_layout: str | None = None  # where its int8 ONNX puts Q/DQ (edgeyolo.export.int8_layouts); None: no int8 ONNX
     sources: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -135,6 +136,8 @@ class TargetProfile:
             raise ValueError(f"{self.name}: a DPU target needs at least one board image")
         if self.family is Family.JETSON and self.tensorrt is None:
             raise ValueError(f"{self.name}: a Jetson target needs its TensorRT facts")
+        if Precision.INT8 in self.precisions and self.family is not Family.ZYNQ and self.int8_layout is None:
+            raise ValueError(f"{self.name}: an int8 target that reads ONNX needs its int8_layout")
 
     @property
     def channel_multiple(self) -> int:
@@ -323,6 +326,7 @@ register_profile(
         input_sizes=(288, 416, 608),
         input_multiple=32,
         rules=_TRT_RULES,
+        int8_layout="tensorrt",
         artifact=_JETSON_ARTIFACT + "; --useDLACore=N --allowGPUFallback puts supported layers on a DLA",
         tensorrt=TensorRT(
             (8, 5, 2), "5.1", "Volta GV10B", "7.2", 17, 8, 2,
@@ -352,6 +356,7 @@ register_profile(
         input_sizes=(320, 416, 640),
         input_multiple=32,
         rules=_TRT_RULES,
+        int8_layout="tensorrt",
         artifact=_JETSON_ARTIFACT,
         tensorrt=TensorRT(
             (10, 3, 0), "6.2", "Ampere GA10B", "8.7", 20, 9, 0,
@@ -447,16 +452,16 @@ register_profile(
         title="This machine's CPU (onnxruntime CPUExecutionProvider)",
         family=Family.HOST,
         runtime="onnxruntime",
-        precisions=(Precision.FP32,),
+        precisions=(Precision.FP32, Precision.INT8),
         default_precision=Precision.FP32,
-        channel_multiples={Precision.FP32: 8},
+        channel_multiples={Precision.FP32: 8, Precision.INT8: 8},
+        int8_layout="onnxruntime",
         input_sizes=(320, 416, 608),
         input_multiple=32,
         rules=OperatorRules(activations=frozenset({"leaky", "relu", "linear", "logistic", "mish", "swish"})),
         artifact="ONNX exported and verified by `edgeyolo export onnx`, run in-process by onnxruntime",
         precision_notes={
             Precision.FP16: "onnxruntime's CPU provider has no fast FP16 kernels",
-            Precision.INT8: "host INT8 is not wired up; use a Jetson or DPU target",
         },
         sources=("VainF/Torch-Pruning#38 (unaligned channels made onnxruntime on the CPU slower)",),
     )
