@@ -216,6 +216,10 @@ class ChannelPruner(Step):
         percent = self.default_percent if config.percent is None else config.percent
         return {"all": (layers, percent)}
 
+    def ranked_minimum(self, width: int, config: PruneConfig) -> int:
+        """Fewest channels the ranking must leave a layer of ``width`` (before :meth:`adjust`)."""
+        return min_keep(width, config.layer_keep)
+
     def followers(self, groups: list[tuple[int, ...]]) -> set[int]:
         """Layers whose mask the ranking does not decide (so its minimum does not bound the percent)."""
         return set()
@@ -256,7 +260,7 @@ class ChannelPruner(Step):
         for name, (part, percent) in self.partitions(cfg, layers, config).items():
             ranking = Ranking({i: scores[i] for i in part})
             checked = [i for i in part if i not in skip]
-            safe = ranking.safe_count(checked, config.layer_keep)
+            safe = ranking.safe_count(checked, lambda width: self.ranked_minimum(width, config))
             if percent == AUTO:
                 count = safe
             elif percent == SPARSE:  # what sparse training zeroed, never beyond the safe count
@@ -280,7 +284,7 @@ class ChannelPruner(Step):
         shown = f"--percent {percent:g}" if name == "all" else f"--group-percent {name}={percent:g}"
         for i in checked:
             width = ranking.ranks[i].numel()
-            kept, need = int((ranking.ranks[i] >= count).sum()), min_keep(width, config.layer_keep)
+            kept, need = int((ranking.ranks[i] >= count).sum()), self.ranked_minimum(width, config)
             if kept < need:
                 break
         return UsageError(
@@ -316,6 +320,12 @@ class RegularPruner(ChannelPruner):
             else:
                 out.append(i)
         return out
+
+    def ranked_minimum(self, width: int, config: PruneConfig) -> int:
+        """Judged by the rounded count: ``k`` ranked channels become ``max(N, ceil(k / N)·N)``, so a layer
+        needs only the fewest ``k`` whose rounding reaches its minimum (none when N already does)."""
+        need, n = min_keep(width, config.layer_keep), config.multiple
+        return 0 if n >= need else (math.ceil(need / n) - 1) * n + 1
 
     def adjust(
         self, masks: dict[int, Tensor], scores: dict[int, Tensor], groups: list[tuple[int, ...]], config: PruneConfig

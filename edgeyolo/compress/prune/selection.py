@@ -14,7 +14,7 @@ rank over the checked layers is the largest removal count that leaves every laye
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -75,12 +75,14 @@ class Ranking:
         """Score of the lowest channel still kept after removing ``count`` (None when all go)."""
         return float(self.sorted[count]) if count < len(self) else None
 
-    def safe_count(self, layers: Iterable[int], layer_keep: float) -> int:
-        """Largest removal count that leaves each of ``layers`` at least :func:`min_keep` channels."""
+    def safe_count(self, layers: Iterable[int], minimum: Callable[[int], int]) -> int:
+        """Largest removal count that leaves each of ``layers`` at least ``minimum(width)`` ranked channels."""
         safe = len(self)
         for i in layers:
             r = torch.sort(self.ranks[i]).values
-            safe = min(safe, int(r[r.numel() - min_keep(r.numel(), layer_keep)]))
+            need = minimum(r.numel())
+            if need > 0:
+                safe = min(safe, int(r[r.numel() - need]))
         return safe
 
 

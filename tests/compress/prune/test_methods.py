@@ -111,6 +111,23 @@ def test_regular_keeps_multiples_and_protects_other_widths():
     assert narrow and all(protected[i].startswith("protected (width)") and after[i] == before[i] for i in narrow)
 
 
+def test_regular_judges_a_layer_by_its_rounded_count():
+    """A layer the ranking leaves 1 channel of keeps --multiple after rounding: that is no reason to refuse.
+    Before, `regular` refused any percent that `normal` refuses ("would leave layer … 1 of 16")."""
+    model = model_of("edgeyolo-res")
+    with pytest.raises(UsageError, match="would leave layer"):
+        prune(model, PruneConfig("normal", percent=0.97))
+    result = prune(model, PruneConfig("regular", percent=0.97, multiple=8))
+    protected = result.stages[0].selection.protected
+    ranked = [i for i in prunable_bn(model.cfg, 0).layers if i not in protected]
+    after = widths(result.model.cfg)
+    assert ranked and all(after[i] >= 8 and after[i] % 8 == 0 for i in ranked)
+    assert min(after[i] for i in ranked) == 8  # the ranking emptied some layer; rounding gave it 8
+    # a minimum above the multiple still bounds it: --layer-keep 0.5 needs half of every layer
+    with pytest.raises(UsageError, match="would leave layer"):
+        prune(model, PruneConfig("regular", percent=0.97, multiple=8, layer_keep=0.5))
+
+
 def test_too_high_percent_fails_naming_the_largest_safe_percent():
     model = model_of("edgeyolo-res")
     with pytest.raises(UsageError, match=r"largest safe percent is") as info:
