@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -180,22 +181,53 @@ def _quantize(x: torch.Tensor, scale: float, zero: int, lo: int, hi: int) -> tor
     return torch.clamp(torch.round(x / scale) + zero, lo, hi)
 
 
+@contextmanager
+def _hooked(model: Darknet, on_out=None, on_pre=None, on_in=None):
+    """Call ``on_out(i, tensor)`` on every layer's output (residual adds and route concats included),
+    ``on_pre(i, tensor)`` on a conv block's output before its activation and ``on_in(i, tensor)`` on its
+    input; a hook that returns a tensor replaces the one it saw."""
+    handles = []
+    index = {id(m): i for i, m in enumerate(model.module_list)}
+    for i, module in enumerate(model.module_list):
+        if on_out is not None:
+            handles.append(module.register_forward_hook(lambda m, a, out, i=i: on_out(i, out)))
+        if isinstance(module, ConvBlock):
+            if on_in is not None:
+                handles.append(module.register_forward_pre_hook(lambda m, a, i=i: _as_args(on_in(i, a[0]))))
+            if on_pre is not None:
+                handles.append(module.conv.register_forward_hook(lambda m, a, out, i=i: on_pre(i, out)))
+    # residual adds and route concats run inline in Darknet.run, through these two methods
+    add, route = model._shortcut, model._route
+    if on_out is not None:
+        def outcome(module, out):
+            replaced = on_out(index[id(module)], out)
+            return out if replaced is None else replaced
+
+        model._shortcut = lambda module, x, source: outcome(module, add(module, x, source))  # instance attributes,
+        model._route = lambda module, parts: outcome(module, route(module, parts))  # removed below
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        model.__dict__.pop("_shortcut", None)
+        model.__dict__.pop("_route", None)
+
+
+def _as_args(x: torch.Tensor | None):
+    return None if x is None else (x,)
+
+
 def _torch_points(model: Darknet, blob: np.ndarray) -> dict[tuple[str, int], torch.Tensor]:
     """Every tensor a hook can reach: ("in", i) a conv block's input, ("pre", i) its output before the
     activation, ("out", i) a layer's output."""
     seen: dict[tuple[str, int], torch.Tensor] = {}
-    handles = []
-    for i, module in enumerate(model.module_list):
-        handles.append(module.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("out", i), out.detach())))
-        if isinstance(module, ConvBlock):
-            handles.append(module.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(("in", i), a[0].detach())))
-            handles.append(module.conv.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("pre", i), out.detach())))
-    try:
-        with torch.no_grad():
-            model.forward_raw(torch.from_numpy(blob))
-    finally:
-        for h in handles:
-            h.remove()
+
+    def record(kind: str):
+        return lambda i, x: seen.__setitem__((kind, i), x.detach())
+
+    with _hooked(model, record("out"), record("pre"), record("in")), torch.no_grad():
+        model.forward_raw(torch.from_numpy(blob))
     return seen
 
 
@@ -314,21 +346,11 @@ def verify(data: bytes, float_data: bytes, folded: Darknet, blob: np.ndarray, qm
                 forced = torch.from_numpy(((theirs[tensor] - zero) * scale).astype(np.float32))
         return forced
 
-    handles = []
-    for (kind, i) in by_point:
-        module = quantized.module_list[i]
-        if kind == "out":
-            handles.append(module.register_forward_hook(lambda m, a, out, p=(kind, i): replace(p, out)))
-        elif kind == "pre":
-            handles.append(module.conv.register_forward_hook(lambda m, a, out, p=(kind, i): replace(p, out)))
-        else:
-            handles.append(module.register_forward_pre_hook(lambda m, a, p=(kind, i): (replace(p, a[0]),)))
-    try:
-        with torch.no_grad():
-            ours = quantized.eval()(torch.from_numpy(blob)).numpy()
-    finally:
-        for h in handles:
-            h.remove()
+    def hook(kind: str):
+        return lambda i, x: replace((kind, i), x) if (kind, i) in by_point else None
+
+    with _hooked(quantized, hook("out"), hook("pre"), hook("in")), torch.no_grad():
+        ours = quantized.eval()(torch.from_numpy(blob)).numpy()
     ref = values[final]
     error = float(np.abs(ours - ref).max()) / max(float(np.abs(ours).max()), 1e-12)
     unmatched = tuple(sorted(t for t, p in points.items() if p is None))

@@ -214,7 +214,7 @@ class Darknet(nn.Module):
                 parts = [outputs[i] for i in layer.layers]
                 if layer.groups > 1:
                     parts = [p.chunk(layer.groups, dim=1)[layer.group_id] for p in parts]
-                x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+                x = self._route(module, parts)
             elif isinstance(layer, ShortcutSpec):
                 x = self._shortcut(module, x, outputs[layer.source])
                 if layer.activation != "linear":
@@ -232,6 +232,10 @@ class Darknet(nn.Module):
             if layer.index in capture:
                 captured[layer.index] = x
         return heads, captured
+
+    def _route(self, module: nn.Module, parts: list[Tensor]) -> Tensor:
+        """A ``[route]``'s concat (a hook, like :meth:`_shortcut`: verification reaches its output)."""
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _shortcut(self, module: nn.Module, x: Tensor, source: Tensor) -> Tensor:
         """A ``[shortcut]``'s add (a hook: quantized models quantize both inputs first)."""
