@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, check_img_size, darknet_files, load_cli_model
+from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, ModelCfgOpt, check_img_size, darknet_files, load_cli_model
 
 app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 
@@ -99,7 +99,7 @@ def host(
 
 @app.command("int8")
 def int8(
-    cfg: str = CfgOpt,
+    cfg: Optional[str] = ModelCfgOpt,
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (default: calibrated random init)."),
     calib: Path = typer.Option(..., "--calib", help="Calibration images (a folder)."),
     images: Path = typer.Option(..., "--images", help="Scored and timed images (a folder; none of them in --calib)."),
@@ -132,10 +132,10 @@ def int8(
     size = img_size or model.cfg.net.height
     r = bench_int8(model, calib_frames, scored, size, runs, threads, calibration, progress=lambda x: track(x, "bench int8"))
     if as_json:
-        typer.echo(json.dumps({"cfg": cfg, **r.to_dict()}, indent=1))
+        typer.echo(json.dumps({"cfg": cfg or str(weights), **r.to_dict()}, indent=1))
         return
     table = _table(
-        f"{cfg} @ {size}, onnxruntime, {threads} threads, {runs} interleaved runs; {r.scored_images} scored images "
+        f"{cfg or weights} @ {size}, onnxruntime, {threads} threads, {runs} interleaved runs; {r.scored_images} scored images "
         f"({r.reference_boxes} float boxes), {r.calibration_images} calibration images",
         ("model", "infer ms (p50/p90)", "vs fp32", "mAP@0.5 vs float detections"),
     )

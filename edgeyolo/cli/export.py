@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, WeightsOpt, check_img_size, load_cli_model
+from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, ModelCfgOpt, WeightsOpt, check_img_size, load_cli_model
 from edgeyolo.model.io import check_output_file
 
 app = typer.Typer(help="Write a model as ONNX, darknet cfg+weights or an edgeyolo checkpoint.", no_args_is_help=True)
@@ -155,7 +155,7 @@ def qdq_cmd(
 
 @app.command("int8")
 def int8_cmd(
-    cfg: str = CfgOpt,
+    cfg: Optional[str] = ModelCfgOpt,
     out: Path = typer.Option(..., "--out", help="Output .onnx file."),
     calib: Path = typer.Option(..., "--calib", help="Calibration images (a folder, or a dataset's train split); never the images you evaluate on."),
     weights: Optional[Path] = WeightsOpt,

@@ -83,7 +83,12 @@ def prune(
     if dataset is not None:
         accuracy = _accuracy(str(data), dataset, model, result.model, img_size, backend, threads)
     report = build_report(result, accuracy)
-    line = summary_line(report)
+    deviation = _deviation(model, result.model, dataset, img_size)
+    report["checks"] = {
+        "read_back": "model.cfg + model.weights read back bit-exact into a fresh model before any file is moved into the folder",
+        "output_deviation": deviation.to_dict(),
+    }
+    line = summary_line(report) + f"; {deviation.describe()}"
     if dry_run:
         typer.echo(f"{line}; dry run, nothing written")
         return
@@ -126,6 +131,22 @@ def _accuracy(
         data, "val", backend, before.img_size, before.result.num_images,
         (before.result.map50, after.result.map50), (before.result.map50_95, after.result.map50_95),
     )
+
+
+def _deviation(model: Darknet, pruned: Darknet, dataset: Optional[DetectionDataset], img_size: Optional[int]):
+    """The pruned model's raw outputs against the unpruned model's on up to 8 --data val images, or on
+    8 synthetic images (seeded) without --data."""
+    from edgeyolo.compress.prune.checks import output_deviation
+    from edgeyolo.contract import Contract, channel_order_for
+    from edgeyolo.model.init import calibration_batch, synthetic_images
+    from edgeyolo.model.io import read_image
+
+    size = img_size or model.cfg.net.height
+    contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels))
+    images = []
+    if dataset is not None:
+        images = [f for f in (read_image(s.image) for s in dataset.samples[:8]) if f is not None]
+    return output_deviation(model, pruned, calibration_batch(contract, images or synthetic_images(8, size, size, seed=0)))
 
 
 def _multiple(multiple: Optional[int], target: Optional[str]) -> int:

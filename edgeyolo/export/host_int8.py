@@ -23,7 +23,10 @@ written unless verification passes:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import re
 import tempfile
 from contextlib import contextmanager
@@ -117,7 +120,7 @@ def quantize_onnx(float_path: Path, out_path: Path, model: Darknet, contract: Co
         """The calibration images, preprocessed by the shared contract."""
 
         def __init__(self, input_name: str):
-            self._blobs = iter([{input_name: contract.preprocess(image)[0]} for image in images])
+            self._blobs = ({input_name: contract.preprocess(image)[0]} for image in images)
 
         def get_next(self):
             return next(self._blobs, None)
@@ -125,11 +128,19 @@ def quantize_onnx(float_path: Path, out_path: Path, model: Darknet, contract: Co
     proto = onnx.load(str(float_path))
     reader = ContractReader(proto.graph.input[0].name)
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
-    quantize_static(
-        str(float_path), str(out_path), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
-        per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        nodes_to_quantize=network_nodes(proto, model), calibrate_method=method[calibration],
-    )
+    # the quantizer prints its histogram progress and logs advice on the root logger: neither is ours to show
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(float_path), str(out_path), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
+                per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                nodes_to_quantize=network_nodes(proto, model), calibrate_method=method[calibration],
+            )
+    finally:
+        root.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------- verification

@@ -193,3 +193,32 @@ def test_nothing_is_written_when_the_graph_does_not_verify(tmp_path, monkeypatch
     with pytest.raises(VerificationError, match="u8 codes equal the torch fake-quant model's"):
         export_host_int8(res_model().eval(), tmp_path / "r.onnx", synthetic_images(2, 64, 64, seed=2), img_size=64)
     assert not (tmp_path / "r.onnx").exists()
+
+
+def test_cli_export_int8_and_bench_int8(tmp_path, capsys):
+    from edgeyolo.cli.app import main
+    from edgeyolo.model.init import synthetic_images
+
+    ckpt = tmp_path / "res.safetensors"
+    from edgeyolo.model.checkpoint import save_checkpoint
+
+    save_checkpoint(res_model(), ckpt)
+    calib, scored = tmp_path / "calib", tmp_path / "scored"
+    for folder, seed in ((calib, 1), (scored, 2)):
+        folder.mkdir()
+        for k, image in enumerate(synthetic_images(3, 64, 64, seed=seed)):
+            cv2.imwrite(str(folder / f"{seed}-{k}.png"), image)
+    out = tmp_path / "res-int8.onnx"
+    assert main(["export", "int8", "--weights", str(ckpt), "--calib", str(calib), "--img-size", "64", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "onnxruntime layout" in text and "weights 100.00%" in text and out.is_file()
+    assert main(["export", "int8", "--weights", str(ckpt), "--calib", str(tmp_path / "nowhere"), "--img-size", "64",
+                 "--out", str(tmp_path / "x.onnx")]) != 0
+    assert "--calib" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+    assert main(["bench", "int8", "--weights", str(ckpt), "--calib", str(calib), "--images", str(calib),
+                 "--img-size", "64"]) != 0
+    assert "share images" in capsys.readouterr().err
+    assert main(["bench", "int8", "--weights", str(ckpt), "--calib", str(calib), "--images", str(scored),
+                 "--img-size", "64", "--runs", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runs"] == 3 and report["fp32_ms"][0] > 0 and len(report["sabotaged"]) >= 10

@@ -38,6 +38,37 @@ def test_writes_a_model_both_formats_agree_on_and_a_report(tmp_path, capsys):
     assert (out / "prune_channels.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     printed = capsys.readouterr().out
     assert printed.startswith("prune slim: conv channels") and "wrote" in printed
+    checks = report["checks"]
+    assert "bit-exact" in checks["read_back"] and checks["output_deviation"]["images"] == 8
+    assert 0.0 < checks["output_deviation"]["max_rel"] and "raw outputs vs the unpruned model on 8 images" in printed
+
+
+def test_the_deviation_check_sees_the_border_that_zeroed_channels_leave(tiny_weights):
+    """γ = 0 alone (β kept) on real yolov3-tiny weights: pruning those channels moves the outputs
+    where zero padding read the removed constant, most at the border (measured on the photos: 0.07–0.20
+    of the output maximum there, 0.006–0.036 four cells in); with β = 0 too, nowhere."""
+    from edgeyolo.compress.prune import PruneConfig, prune
+    from edgeyolo.compress.prune.checks import output_deviation
+    from edgeyolo.contract import Contract
+    from edgeyolo.model.init import calibration_batch, synthetic_images
+    from edgeyolo.train.sparsity import prunable_bn
+
+    model = load_model(cfg_path("yolov3-tiny"), tiny_weights).eval()
+    batch = calibration_batch(Contract(416, 416), synthetic_images(2, 416, 416, seed=4))
+    gen = torch.Generator().manual_seed(0)
+    zeroed = {}
+    with torch.no_grad():
+        for i in prunable_bn(model.cfg, 0).layers:
+            zeroed[i] = torch.rand(model.module_list[i].bn.num_features, generator=gen) < 0.3
+            model.module_list[i].bn.weight[zeroed[i]] = 0.0
+    result = prune(model, PruneConfig("normal", percent="sparse"))
+    kept_beta = output_deviation(model, result.model, batch)
+    assert 1e-3 < kept_beta.interior_max_rel < kept_beta.max_rel  # strongest at the border, not only there
+    with torch.no_grad():
+        for i, mask in zeroed.items():
+            model.module_list[i].bn.bias[mask] = 0.0
+    exact = output_deviation(model, prune(model, PruneConfig("normal", percent="sparse")).model, batch)
+    assert exact.max_rel < 1e-5
 
 
 def test_too_high_percent_fails_before_writing(tmp_path, capsys):
