@@ -45,6 +45,26 @@ class SpeedRow:
     conv_channels: tuple[int, int]
     bflops: tuple[float, float]
     error: str | None = None
+    cli_seconds: float | None = None  # the whole `edgeyolo prune` command: start-up, model load or init, files
+
+
+def cli_prune_seconds(method: str, cfg: str, weights: str | None, percent: str | None, shortcuts: int) -> float:
+    """Wall time of ``edgeyolo prune`` as a user runs it (a fresh process writing into a temporary folder)."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="edgeyolo-prune-speed-") as tmp:
+        args = [sys.executable, "-m", "edgeyolo.cli.app", "prune", method, "--cfg", cfg, "--out", f"{tmp}/out",
+                *(["--weights", weights] if weights else ["--random-init"]), "--shortcuts", str(shortcuts),
+                *(["--percent", percent] if percent is not None and method != "layer" else [])]
+        start = time.perf_counter()
+        done = subprocess.run(args, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise UsageError(f"edgeyolo prune {method} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    return seconds
 
 
 def _channels(cfg: Cfg) -> int:

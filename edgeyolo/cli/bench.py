@@ -199,6 +199,7 @@ def prune_speed(
     percent: Optional[str] = typer.Option(None, "--percent", help="Percent for every channel method (default: each method's)."),
     shortcuts: int = typer.Option(8, "--shortcuts", help="layer, layer-channel: residual blocks to delete."),
     repeats: int = typer.Option(1, "--repeats", help="Runs per method (the median is shown)."),
+    cli: bool = typer.Option(False, "--cli", help="Also time the whole `edgeyolo prune` command per method (a fresh process)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Selection + graph surgery wall time per pruning method (model load and init excluded; aim < 5 s)."""
@@ -211,22 +212,28 @@ def prune_speed(
 
     model = load_cli_model(cfg, weights, random_init=weights is None)
     rows = bench_prune_speed(model, methods, None if percent is None else parse_percent(percent), shortcuts, repeats)
+    if cli:
+        from edgeyolo.bench.prune import cli_prune_seconds
+
+        rows = [r if r.error else dataclasses.replace(r, cli_seconds=cli_prune_seconds(r.method, cfg, weights and str(weights), percent, shortcuts))
+                for r in rows]
     if as_json:
         typer.echo(json.dumps({"cfg": cfg, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
         return
     table = _table(
         f"prune speed: {cfg}, {'median of ' + str(repeats) if repeats > 1 else 'one run'} per method",
-        ("method", "seconds", "stages", "conv channels", "BFLOPs", "note"),
+        ("method", "seconds", "CLI seconds", "stages", "conv channels", "BFLOPs", "note"),
         left=("method", "note"),
     )
     for r in rows:
         if r.error is not None:
-            table.add_row(r.method, "—", "", "", "", r.error)
+            table.add_row(r.method, "—", "", "", "", "", r.error)
             continue
         change = (r.bflops[1] - r.bflops[0]) / r.bflops[0]
         table.add_row(
             r.method,
             f"{r.seconds:.2f}",
+            "" if r.cli_seconds is None else f"{r.cli_seconds:.1f}",
             str(r.stages),
             f"{r.conv_channels[0]:,} → {r.conv_channels[1]:,}",
             f"{r.bflops[0]:.2f} → {r.bflops[1]:.2f} ({change:+.0%})",

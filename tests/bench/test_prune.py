@@ -1,6 +1,8 @@
 """bench prune-speed and prune-latency return sane rows on a small cfg (timings are not asserted)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edgeyolo.bench import prune as bench_prune
@@ -55,6 +57,9 @@ def test_cli_tables(latency_rows, monkeypatch, capsys):
     assert main(["bench", "prune-speed", "--cfg", "edgeyolo-mobile", "--shortcuts", "1", "--method", "slim"]) == 0
     printed = capsys.readouterr().out
     assert "prune speed: edgeyolo-mobile" in printed and "slim" in printed
+    assert main(["bench", "prune-speed", "--cfg", "edgeyolo-mobile", "--method", "normal", "--percent", "0.3", "--cli", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    assert row["error"] is None and row["cli_seconds"] > row["seconds"] > 0  # the command also starts, loads and writes
     monkeypatch.setattr(bench_prune, "prune_latency", lambda *args, **kwargs: latency_rows)
     assert main(["bench", "prune-latency", "--img-size", str(SIZE), "--runs", "2"]) == 0
     printed = capsys.readouterr().out
