@@ -31,7 +31,8 @@ def host(
     runs: int = typer.Option(50, "--runs", help="Timed runs per backend."),
     threads: int = typer.Option(2, "--threads", help="Threads for every runtime."),
     backends: List[str] = typer.Option(
-        ["onnxruntime", "opencv", "torch"], "--backend", help="Backends to time (repeatable): onnxruntime, onnxruntime-int8, opencv, torch."
+        ["onnxruntime", "onnxruntime-int8", "opencv", "torch"], "--backend",
+        help="Backends to time (repeatable): onnxruntime, onnxruntime-int8 (the host int8 layout), opencv, torch."
     ),
     calib: Optional[Path] = typer.Option(None, "--calib", help="onnxruntime-int8: calibration images (default: the --images folder)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),

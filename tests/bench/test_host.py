@@ -16,7 +16,7 @@ def test_bench_host_json(photos, tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["gemm_gflops_per_s"] > 0 and abs(data["gflops"] - 0.297) < 0.01
-    assert [r["backend"] for r in data["results"]] == ["onnxruntime", "opencv", "torch"]
+    assert [r["backend"] for r in data["results"]] == ["onnxruntime", "onnxruntime-int8", "opencv", "torch"]
     for r in data["results"]:
         assert r["runs"] == 3 and r["threads"] == 1
         for stage in ("pre", "infer", "post", "total"):
