@@ -205,9 +205,18 @@ def write_inventory(device, path: Path, **changes) -> list[str]:
 
 
 def cli(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
-    """``edgeyolo ARGS`` in a child process (to be interrupted or killed like a user's)."""
+    """``edgeyolo ARGS`` in a child process (to be interrupted or killed like a user's).
+
+    The child handles SIGINT as a command a user runs in the foreground of a terminal does, whatever
+    the test runner inherited: a test run started as a background job of a non-interactive shell
+    (``cmd &``), under nohup or by some CI runners has SIGINT set to SIG_IGN, children inherit that,
+    and Python then keeps ignoring it (it installs its KeyboardInterrupt handler only over SIG_DFL),
+    so a test's Ctrl-C would never reach the command."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    code = "import sys; from edgeyolo.cli.app import main; sys.exit(main(sys.argv[1:]))"
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from edgeyolo.cli.app import main; sys.exit(main(sys.argv[1:]))"
+    )
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
