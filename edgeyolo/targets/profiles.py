@@ -459,7 +459,8 @@ register_profile(
         input_sizes=(320, 416, 608),
         input_multiple=32,
         rules=OperatorRules(activations=frozenset({"leaky", "relu", "linear", "logistic", "mish", "swish"})),
-        artifact="ONNX exported and verified by `edgeyolo export onnx`, run in-process by onnxruntime",
+        artifact="ONNX exported and verified by `edgeyolo export onnx` (int8: `edgeyolo export int8`, onnxruntime's "
+        "QDQ layout), run in-process by onnxruntime",
         precision_notes={
             Precision.FP16: "onnxruntime's CPU provider has no fast FP16 kernels",
         },
