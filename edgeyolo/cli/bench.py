@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, ModelCfgOpt, check_img_size, darknet_files, load_cli_model
+from edgeyolo.cli.common import ImgSizeOpt, ModelCfgOpt, check_img_size, darknet_files, load_cli_model
 
 app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 
@@ -24,7 +24,7 @@ def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...] = ()):
 
 @app.command("host")
 def host(
-    cfg: str = CfgOpt,
+    cfg: Optional[str] = ModelCfgOpt,
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights (default: calibrated random init)."),
     images: Path = typer.Option(..., "--images", help="Folder of images, used round-robin."),
     img_size: Optional[int] = ImgSizeOpt,
@@ -74,11 +74,11 @@ def host(
         for r in runners.values():
             r.close()
     if as_json:
-        payload = {"cfg": cfg, "img_size": size, "gflops": gflops, "gemm_gflops_per_s": ceiling, "results": [r.to_dict() for r in results]}
+        payload = {"cfg": cfg or str(weights), "img_size": size, "gflops": gflops, "gemm_gflops_per_s": ceiling, "results": [r.to_dict() for r in results]}
         typer.echo(json.dumps(payload, indent=1))
         return
     table = _table(
-        f"{cfg} @ {size}, {threads} threads, {runs} runs, {gflops:.2f} GFLOP (conv)",
+        f"{cfg or weights} @ {size}, {threads} threads, {runs} runs, {gflops:.2f} GFLOP (conv)",
         ("backend", "pre ms", "infer ms (p50/p90)", "post ms", "total ms (p50/p90)", "GFLOP/s", "% GEMM", "vs slowest"),
     )
     slowest = max(r.total.median_ms for r in results)

@@ -79,10 +79,10 @@ def load_cli_model(
     return model
 
 
-def darknet_files(cfg: str, weights: Optional[Path]) -> tuple[Optional[Path], Optional[Path]]:
+def darknet_files(cfg: Optional[str], weights: Optional[Path]) -> tuple[Optional[Path], Optional[Path]]:
     """The user's own darknet cfg + weights when that is what was given, so OpenCV DNN reads those
     very files; (None, None) otherwise, and the OpenCV runner writes darknet files from the model."""
-    if Path(cfg).suffix != ".cfg" or weights is None or weights.suffix.lower() in (".safetensors", ".pt", ".pth"):
+    if cfg is None or Path(cfg).suffix != ".cfg" or weights is None or weights.suffix.lower() in (".safetensors", ".pt", ".pth"):
         return None, None
     return Path(cfg), weights
 

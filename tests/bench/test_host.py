@@ -23,3 +23,17 @@ def test_bench_host_json(photos, tmp_path):
             assert 0 < r[stage]["median_ms"] <= r[stage]["p90_ms"]
         assert r["total"]["median_ms"] >= r["infer"]["median_ms"]
         assert r["gflops_per_s"] > 0
+
+
+def test_bench_host_takes_the_cfg_from_a_checkpoint(photos, tmp_path, capsys):
+    from edgeyolo.cli.app import main
+    from edgeyolo.model.checkpoint import save_checkpoint
+    from tests.compress.quant.conftest import res_model
+
+    ckpt = save_checkpoint(res_model(), tmp_path / "res.safetensors")
+    args = ["bench", "host", "--weights", str(ckpt), "--images", str(photos[0].parent), "--runs", "2", "--threads", "1"]
+    assert main([*args, "--backend", "onnxruntime", "--backend", "opencv", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["cfg"] == str(ckpt) and [r["backend"] for r in data["results"]] == ["onnxruntime", "opencv"]
+    assert main(["bench", "host", "--images", str(photos[0].parent), "--runs", "1"]) == 2
+    assert "--cfg is required" in capsys.readouterr().err
