@@ -209,12 +209,18 @@ def train(
     if best is None:
         typer.echo(f"done: nothing left to train; weights in {trainer.run_dir}")
         return
-    sparse = ""
-    if best.get("sparsity"):
-        frac = best["sparsity"].get("frac_lt_1e-2", 0.0)
+    last = trainer.history[-1] if trainer.history else best
+    if last.get("sparsity"):  # what is pruned is the sparsest model, the last epoch's, not the best-mAP one
+        frac = last["sparsity"].get("frac_lt_1e-2", 0.0)
         reached = "reached" if frac >= trainer.config.sr_target else "below"
-        sparse = f", γ<1e-2 {frac:.1%} ({reached} the {trainer.config.sr_target:.0%} target)"
-    typer.echo(f"done: best mAP@0.5 {best['map50']:.4f} at epoch {best['epoch']}{sparse}; weights in {trainer.run_dir}")
+        best_frac = (best.get("sparsity") or {}).get("frac_lt_1e-2", 0.0)
+        typer.echo(
+            f"done: last epoch {last['epoch']} mAP@0.5 {last['map50']:.4f}, γ<1e-2 {frac:.1%} ({reached} the "
+            f"{trainer.config.sr_target:.0%} target); prune {trainer.run_dir / 'last.safetensors'} (best.safetensors is "
+            f"epoch {best['epoch']}, mAP@0.5 {best['map50']:.4f}, γ<1e-2 {best_frac:.1%})"
+        )
+        return
+    typer.echo(f"done: best mAP@0.5 {best['map50']:.4f} at epoch {best['epoch']}; weights in {trainer.run_dir}")
 
 
 def parse_aug(items: list[str]) -> dict:

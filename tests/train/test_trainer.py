@@ -142,6 +142,8 @@ def test_sparse_training_logs_gamma_statistics(synth, tmp_path):
     assert float(row["sparsity.s"]) > 0 and 0 <= float(row["sparsity.frac_lt_1e-2"]) <= 1
     assert "γ<1e-2" in proc.stdout
     assert "sparse training: --prune 1 (shortcut) penalises" in proc.stdout and "schedule dynamic" in proc.stdout
+    # the end line names what to prune: the last (sparsest) epoch, not the best-mAP one
+    assert f"prune {run / 'last.safetensors'} (best.safetensors is epoch 0" in proc.stdout.splitlines()[-1]
 
 
 def test_resume_of_taylor_ranked_sparse_training_is_bitwise_identical(synth, tmp_path):
