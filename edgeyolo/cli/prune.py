@@ -133,9 +133,12 @@ def _accuracy(
     )
 
 
+DEVIATION_IMAGES = 4  # the check's images: yolov4 at 608 ran its 2 × 4 forward passes in 7.5 s on this 2-core host
+
+
 def _deviation(model: Darknet, pruned: Darknet, dataset: Optional[DetectionDataset], img_size: Optional[int]):
-    """The pruned model's raw outputs against the unpruned model's on up to 8 --data val images, or on
-    8 synthetic images (seeded) without --data."""
+    """The pruned model's raw outputs against the unpruned model's on up to DEVIATION_IMAGES --data val
+    images, or on as many synthetic images (seeded) without --data."""
     from edgeyolo.compress.prune.checks import output_deviation
     from edgeyolo.contract import Contract, channel_order_for
     from edgeyolo.model.init import calibration_batch, synthetic_images
@@ -145,8 +148,9 @@ def _deviation(model: Darknet, pruned: Darknet, dataset: Optional[DetectionDatas
     contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels))
     images = []
     if dataset is not None:
-        images = [f for f in (read_image(s.image) for s in dataset.samples[:8]) if f is not None]
-    return output_deviation(model, pruned, calibration_batch(contract, images or synthetic_images(8, size, size, seed=0)))
+        images = [f for f in (read_image(s.image) for s in dataset.samples[:DEVIATION_IMAGES]) if f is not None]
+    synthetic = synthetic_images(DEVIATION_IMAGES, size, size, seed=0)
+    return output_deviation(model, pruned, calibration_batch(contract, images or synthetic))
 
 
 def _multiple(multiple: Optional[int], target: Optional[str]) -> int:
