@@ -37,10 +37,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edgeyolo import __version__
 from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import ExportError, UsageError, VerificationError
-from edgeyolo.model.cfg import YoloSpec, format_cfg
+from edgeyolo.model.cfg import YoloSpec
 from edgeyolo.model.darknet import ConvBlock, Darknet
 from edgeyolo.model.io import atomic_write_bytes
 
@@ -387,7 +386,7 @@ def export_host_int8(
 
     from edgeyolo.compress.quant.bnfold import fold_bn
     from edgeyolo.compress.quant.modules import is_quantized
-    from edgeyolo.export.onnx import export_onnx
+    from edgeyolo.export.onnx import export_onnx, stamp_metadata
 
     if is_quantized(model):
         raise UsageError("host int8 quantizes a float model itself; give the float weights, not a quantized folder")
@@ -401,7 +400,7 @@ def export_host_int8(
     if size <= 0 or size % 32:
         raise UsageError(f"--img-size must be a positive multiple of 32, got {size}")
     contract = Contract(size, size, channel_order=channel_order_for(model.cfg.net.channels))
-    narrow = cpu_has_vnni() is False if reduce_range is None else reduce_range
+    narrow = not cpu_has_vnni() if reduce_range is None else reduce_range
     if sample is None:
         sample = contract.preprocess(calib_images[0])[0]
     sample = np.ascontiguousarray(sample, np.float32)
@@ -411,21 +410,11 @@ def export_host_int8(
         export_onnx(folded, float_path, size, opset=OPSET, sample=sample)
         quantize_onnx(float_path, int8_path, model, contract, calib_images, calibration, narrow)
         float_data, proto = float_path.read_bytes(), onnx.load(str(int8_path))
-    meta = {
-        "edgeyolo.version": __version__,
-        "edgeyolo.cfg": format_cfg(model.cfg),
-        "edgeyolo.contract": contract.to_json(),
-        "edgeyolo.int8": json.dumps({
-            "layout": "onnxruntime", "activations": "u8 asymmetric per tensor", "weights": "s8 symmetric per channel",
-            "reduce_range": narrow, "calibration": calibration, "calibration_images": len(calib_images),
-        }, sort_keys=True),
-        **{f"edgeyolo.provenance.{k}": v for k, v in (provenance or {}).items()},
+    layout = {
+        "layout": "onnxruntime", "activations": "u8 asymmetric per tensor", "weights": "s8 symmetric per channel",
+        "reduce_range": narrow, "calibration": calibration, "calibration_images": len(calib_images),
     }
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name, proto.producer_version = "edgeyolo", __version__
+    meta = stamp_metadata(proto, model, contract, provenance, {"edgeyolo.int8": json.dumps(layout, sort_keys=True)})
     data = proto.SerializeToString()
     check = verify(data, float_data, folded, sample, weight_qmin(narrow))
     failure = check.failure(min_match)

@@ -127,21 +127,8 @@ def export_onnx(
             for dim, size in zip(value.type.tensor_type.shape.dim[1:], ref.shape[1:]):
                 dim.dim_value = int(size)
 
-    meta = {
-        "edgeyolo.version": __version__,
-        "edgeyolo.cfg": format_cfg(model.cfg),
-        "edgeyolo.contract": contract.to_json(),
-        "edgeyolo.outputs": json.dumps(
-            {"raw": raw, "names": names, "heads": [[h.layer, h.stride, list(map(list, h.anchors)), h.classes, h.scale_x_y] for h in model.heads]}
-        ),
-        **{f"edgeyolo.provenance.{k}": v for k, v in (provenance or {}).items()},
-    }
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "edgeyolo"
-    proto.producer_version = __version__
+    heads = [[h.layer, h.stride, list(map(list, h.anchors)), h.classes, h.scale_x_y] for h in model.heads]
+    stamp_metadata(proto, model, contract, provenance, {"edgeyolo.outputs": json.dumps({"raw": raw, "names": names, "heads": heads})})
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
 
@@ -168,6 +155,25 @@ def export_onnx(
     path = atomic_write_bytes(Path(out), data)
     shapes = tuple(tuple(d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim) for o in proto.graph.output)
     return OnnxExportResult(path, opset, ir_version, tuple(names), shapes, worst, simplified)
+
+
+def stamp_metadata(proto, model: Darknet, contract: Contract, provenance: dict[str, str] | None = None,
+                   extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Replace ``proto``'s metadata with edgeyolo's (version, cfg, contract, ``extra``, provenance) and
+    name edgeyolo its producer; returns the metadata."""
+    meta = {
+        "edgeyolo.version": __version__,
+        "edgeyolo.cfg": format_cfg(model.cfg),
+        "edgeyolo.contract": contract.to_json(),
+        **(extra or {}),
+        **{f"edgeyolo.provenance.{k}": v for k, v in (provenance or {}).items()},
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.producer_version = "edgeyolo", __version__
+    return meta
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

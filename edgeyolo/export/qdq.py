@@ -40,8 +40,7 @@ from edgeyolo import __version__
 from edgeyolo.compress.quant.modules import QuantConvBlock, capture_codes, export_mode, integer_exact, is_quantized
 from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import ExportError, UsageError, VerificationError
-from edgeyolo.export.onnx import OnnxExportResult, export_onnx, output_names
-from edgeyolo.model.cfg import format_cfg
+from edgeyolo.export.onnx import OnnxExportResult, export_onnx, output_names, stamp_metadata
 from edgeyolo.model.darknet import Darknet, RawHeads
 from edgeyolo.model.io import atomic_write_bytes
 
@@ -343,17 +342,8 @@ def export_qdq(
     x = torch.from_numpy(np.ascontiguousarray(sample, np.float32))
     proto, weight_quantizers = build_qdq(model, x, opset, raw)
     contract = Contract(h, w, channel_order=channel_order_for(model.cfg.net.channels))
-    meta = {
-        "edgeyolo.version": __version__,
-        "edgeyolo.cfg": format_cfg(model.cfg),
-        "edgeyolo.contract": contract.to_json(),
-        "edgeyolo.quant": spec.to_json(),
-        "edgeyolo.outputs": json.dumps({"raw": raw, "names": output_names(model, raw)}),
-        **{f"edgeyolo.provenance.{k}": v for k, v in (provenance or {}).items()},
-    }
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    outputs = json.dumps({"raw": raw, "names": output_names(model, raw)})
+    stamp_metadata(proto, model, contract, provenance, {"edgeyolo.quant": spec.to_json(), "edgeyolo.outputs": outputs})
     data = proto.SerializeToString()
 
     matches, comparison = _verify_codes(data, model, sample)
