@@ -11,7 +11,6 @@ the agreement check catches.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -80,12 +79,11 @@ def with_scale_error(data: bytes, tensor: str, factor: float = 2.0) -> bytes:
     return proto.SerializeToString()
 
 
-def _detect(session, contract: Contract, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-    name = session.get_inputs()[0].name
+def _detect(runner, contract: Contract, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     out = []
     for frame in frames:
         blob, box = contract.preprocess(frame)
-        out.append(contract.postprocess(session.run(None, {name: blob})[0][0], box))
+        out.append(contract.postprocess(runner.infer(blob)[0], box))
     return out
 
 
@@ -99,43 +97,34 @@ def bench_int8(
     calibration: str = "minmax",
     progress: Callable[[range], range] | None = None,
 ) -> Int8Bench:
-    from edgeyolo.export.host_int8 import activation_quantizers, export_host_int8
-    from edgeyolo.export.onnx import export_onnx
-    from edgeyolo.runtime.evaluate import evaluation_contract
-    from edgeyolo.runtime.onnxruntime import make_session
-
     import onnx
 
+    from edgeyolo.bench.host import bench_host
+    from edgeyolo.export.host_int8 import activation_quantizers, export_host_int8
+    from edgeyolo.export.onnx import export_onnx
+    from edgeyolo.model.cfg import total_bflops
+    from edgeyolo.runtime.evaluate import evaluation_contract
+    from edgeyolo.runtime.runners import OnnxRuntimeRunner
+
     channels = model.cfg.net.channels
-    with tempfile.TemporaryDirectory(prefix="edgeyolo-bench-int8-") as tmp:
-        fp32_path = export_onnx(model, Path(tmp) / "fp32.onnx", img_size).path
-        result = export_host_int8(model, Path(tmp) / "int8.onnx", calib_frames, img_size=img_size, calibration=calibration)
-        int8_data = result.path.read_bytes()
-        fp32 = make_session(fp32_path, threads)
-    int8 = make_session(int8_data, threads)
     deploy = Contract(img_size, img_size, channel_order=channel_order_for(channels))
     scoring = evaluation_contract(img_size, channels)
-    reference = _detect(fp32, deploy, scored_frames)
-    agreement = agreement_map50(reference, _detect(int8, scoring, scored_frames), model.num_classes)
-    sabotaged = {}
-    for tensor in activation_quantizers(onnx.load_from_string(int8_data)):
-        broken = make_session(with_scale_error(int8_data, tensor), threads)
-        sabotaged[tensor] = agreement_map50(reference, _detect(broken, scoring, scored_frames), model.num_classes)
-
-    blobs = [deploy.preprocess(f)[0] for f in scored_frames]
-    name = fp32.get_inputs()[0].name
-    times: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for session in (fp32, int8):  # warm-up
-        for blob in blobs[:2]:
-            session.run(None, {name: blob})
-    steps = range(runs)
-    for i in progress(steps) if progress else steps:
-        blob = blobs[i % len(blobs)]
-        for key, session in (("fp32", fp32), ("int8", int8)):
-            start = time.perf_counter()
-            session.run(None, {name: blob})
-            times[key].append(time.perf_counter() - start)
-    p = {k: (float(np.median(v) * 1000), float(np.percentile(v, 90) * 1000)) for k, v in times.items()}
+    with tempfile.TemporaryDirectory(prefix="edgeyolo-bench-int8-") as tmp:
+        fp32 = OnnxRuntimeRunner(export_onnx(model, Path(tmp) / "fp32.onnx", img_size).path, deploy, threads)
+        result = export_host_int8(model, Path(tmp) / "int8.onnx", calib_frames, img_size=img_size, calibration=calibration)
+        int8 = OnnxRuntimeRunner(result.path, deploy, threads)
+        reference = _detect(fp32, deploy, scored_frames)
+        agreement = agreement_map50(reference, _detect(int8, scoring, scored_frames), model.num_classes)
+        int8_data = result.path.read_bytes()
+        sabotaged = {}
+        for tensor in activation_quantizers(onnx.load_from_string(int8_data)):
+            broken = Path(tmp) / "broken.onnx"
+            broken.write_bytes(with_scale_error(int8_data, tensor))
+            with OnnxRuntimeRunner(broken, deploy, threads) as runner:
+                sabotaged[tensor] = agreement_map50(reference, _detect(runner, scoring, scored_frames), model.num_classes)
+    timed = bench_host({"fp32": fp32, "int8": int8}, deploy, scored_frames, total_bflops(model.cfg, img_size, conv_only=True),
+                       runs=runs, warmup=2, threads=threads, progress=progress)
+    p = {r.backend: (r.infer.median_ms, r.infer.p90_ms) for r in timed}
     return Int8Bench(
         img_size, threads, runs, p["fp32"], p["int8"], p["fp32"][0] / p["int8"][0], agreement, sabotaged,
         int(sum(len(r) for r in reference)), len(scored_frames), len(calib_frames), result.reduce_range, result.min_code_match,

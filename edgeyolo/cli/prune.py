@@ -149,8 +149,7 @@ def _deviation(model: Darknet, pruned: Darknet, dataset: Optional[DetectionDatas
     images = []
     if dataset is not None:
         images = [f for f in (read_image(s.image) for s in dataset.samples[:DEVIATION_IMAGES]) if f is not None]
-    synthetic = synthetic_images(DEVIATION_IMAGES, size, size, seed=0)
-    return output_deviation(model, pruned, calibration_batch(contract, images or synthetic))
+    return output_deviation(model, pruned, calibration_batch(contract, images or synthetic_images(DEVIATION_IMAGES, size, size, seed=0)))
 
 
 def _multiple(multiple: Optional[int], target: Optional[str]) -> int:
