@@ -60,6 +60,7 @@ from edgeyolo.compress.prune.budget import (
     fit_cost,
     input_expressions,
     nnls,
+    SensitivityPath,
     parse_mode,
     select_widths,
     variable_scores,
@@ -478,6 +479,41 @@ def _check_table(table: LatencyTable, model: Darknet, img_size: int, multiple: i
         )
 
 
+#: training images on which ``--rank loss`` measures each layer's sensitivity
+DAMAGE_IMAGES = 64
+
+
+def loss_damage(dataset, img_size: int, images: int = DAMAGE_IMAGES, batch_size: int = 16) -> Callable[[Darknet], float]:
+    """The damage function of ``--rank loss``: a model's mean detection loss (the training loss, eval
+    mode, no augmentation) on ``images`` training images spread evenly over ``dataset``, letterboxed
+    once and held in memory."""
+    import torch
+
+    from edgeyolo.data.types import DetectionDataset
+    from edgeyolo.train.data import YoloTrainDataset, batch_loader
+    from edgeyolo.train.loss import YoloLoss
+
+    if images <= 0:
+        raise UsageError(f"the sensitivity needs at least one image, got {images}")
+    picks = np.linspace(0, len(dataset.samples) - 1, min(images, len(dataset.samples))).round().astype(int)
+    subset = DetectionDataset([dataset.samples[i] for i in sorted(set(picks.tolist()))], dataset.names, dataset.source)
+    train = YoloTrainDataset(subset, img_size, None)
+    keys = list(range(len(train)))
+    batches = list(batch_loader(train, [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)], 0))
+
+    @torch.no_grad()
+    def damage(net: Darknet) -> float:
+        net.eval()
+        criterion = YoloLoss(net)
+        total = 0.0
+        for imgs, targets, *_ in batches:
+            loss, _ = criterion(net.forward_raw(imgs), targets, imgs.shape[-2], imgs.shape[-1])
+            total += float(loss) * imgs.shape[0]
+        return total / len(keys)
+
+    return damage
+
+
 def prune_to_latency(
     model: Darknet,
     target_ms: float,
@@ -493,6 +529,8 @@ def prune_to_latency(
     importance: Importance = Importance.GAMMA,
     cache_dir: str | Path | None = None,
     measure: Callable[[Darknet], tuple[float, float]] | None = None,
+    damage: Callable[[Darknet], float] | None = None,
+    path: SensitivityPath | None = None,
 ) -> LatencyPruneResult:
     """The pruned ``model`` (left unchanged) whose onnxruntime latency on this host meets ``target_ms``.
 
@@ -501,6 +539,8 @@ def prune_to_latency(
     ``tolerance``: relative gap to the target at which the loop stops early — but only once a
     second, independent measurement of the same model agrees, so one lucky timing cannot end it.
     ``measure``: (pruned, unpruned) ms of a model, interleaved (default: onnxruntime, ``runs`` each).
+    ``damage``: rank by measured sensitivity (a :class:`SensitivityPath` of e.g. :func:`loss_damage`)
+    instead of |γ|; ``path``: such a path built before for this model, mode and table (reused).
     """
     mode = parse_mode(mode)
     if not (math.isfinite(target_ms) and target_ms > 0):
@@ -510,6 +550,8 @@ def prune_to_latency(
     _check_table(table, model, img_size, multiple)
     variables, protected = width_variables(model.cfg, mode, multiple, layer_keep)
     scores = variable_scores(model, variables, importance)
+    if path is None and damage is not None:
+        path = SensitivityPath(model, table.predict, variables, scores, damage, multiple)
     lowest = table.predict(conv_widths(variables, {k: v.minimum for k, v in enumerate(variables)}))
     if measure is None:
         def measure(pruned: Darknet) -> tuple[float, float]:
@@ -521,7 +563,7 @@ def prune_to_latency(
     history: list[tuple[float, float]] = []
     aim = target_ms
     for round_ in range(max(iterations, 1)):
-        choice = select_widths(table.predict, variables, scores, aim, multiple)
+        choice = path.select(aim) if path is not None else select_widths(table.predict, variables, scores, aim, multiple)
         widths = conv_widths(variables, choice.widths)
         signature = tuple(sorted(widths.items()))
         if signature not in results:
@@ -630,6 +672,7 @@ class LatencyBenchRow:
     bflops: float
     setting: str  # what was searched: widths changed, the uniform fraction, the percent
     map50: float | None = None
+    map50_finetuned: float | None = None  # after the bench's short fine-tune (latency and uniform rows)
 
     @property
     def ratio(self) -> float:
@@ -696,14 +739,20 @@ def latency_prune_bench(
     iterations: int = 6,
     match_rounds: int = 4,
     progress: Callable[[range], range] | None = None,
+    damage: Callable[[Darknet], float] | None = None,
+    finetune=None,
 ) -> LatencyBench:
     """Per target: latency-targeted pruning, uniform-width and global-threshold pruning at the same
     measured latency; all models then timed in one interleaved run (with --data: mAP@0.5 too).
 
     A baseline is first matched on the table's prediction, then (``match_rounds`` > 1) corrected on
     its own measurement as :func:`prune_to_latency` corrects itself: unaligned widths (``slim``) run
-    slower than the table, fit on multiples of ``multiple``, predicts."""
-    from edgeyolo.bench.prune import _time_models
+    slower than the table, fit on multiples of ``multiple``, predicts.
+
+    ``damage``: the latency-targeted rows rank by measured sensitivity (:func:`loss_damage`), measured
+    once for all targets. ``finetune`` (a :class:`edgeyolo.bench.prune.FineTune`, needs ``dataset``):
+    the latency-targeted and uniform models are also scored after that short fine-tune each."""
+    from edgeyolo.bench.prune import _finetune, _time_models
 
     mode = parse_mode(mode)
     if not fractions and not targets_ms:
@@ -714,6 +763,12 @@ def latency_prune_bench(
     if table is None:
         table = latency_table(model, img_size, multiple, threads, cache_dir=cache_dir, progress=progress)
     goals = [(f"{f:g}x", f * table.full_ms) for f in fractions] + [(f"{t:g} ms", float(t)) for t in targets_ms]
+    if finetune is not None and dataset is None:
+        raise UsageError("the fine-tune columns need a dataset to score (--data)")
+    path = None
+    if damage is not None:
+        variables, _ = width_variables(model.cfg, mode, multiple)
+        path = SensitivityPath(model, table.predict, variables, variable_scores(model, variables), damage, multiple, progress=progress)
     models: dict[str, Darknet] = {"unpruned": model}
     info: dict[str, tuple[str, str, float, float, str]] = {}  # name → target label, method, ratio, predicted, setting
     results = []
@@ -721,13 +776,13 @@ def latency_prune_bench(
     for label, goal in goals:
         ratio = goal / table.full_ms
         try:
-            res = prune_to_latency(model, goal, img_size, multiple, mode, table, threads, iterations, runs=runs)
+            res = prune_to_latency(model, goal, img_size, multiple, mode, table, threads, iterations, runs=runs, path=path)
         except UsageError as error:  # e.g. below the smallest reachable latency: report, go on
             refused[label] = str(error)
             continue
         results.append(res)
         models[f"{label} latency"] = res.model
-        info[f"{label} latency"] = (label, "latency", ratio, res.predicted_ms, f"{len(res.widths)} convs narrowed")
+        info[f"{label} latency"] = (label, "latency", ratio, res.predicted_ms, f"{len(res.widths)} convs narrowed, rank {'loss' if path else 'gamma'}")
         reached = res.measured_on_table_ms or res.predicted_ms  # the baselines match what ours measured
 
         def uniform(aim: float) -> tuple[Darknet, float, str, str]:
@@ -751,12 +806,21 @@ def latency_prune_bench(
 
         return float(evaluate_model(net, dataset, img_size, "onnxruntime", "coco", threads=threads).result.map50)
 
+    def tuned(net: Darknet, method: str) -> float | None:
+        if finetune is None or method not in ("latency", "uniform"):
+            return None
+        with tempfile.TemporaryDirectory(prefix="edgeyolo-finetune-") as tmp:
+            return score(_finetune(net, finetune, img_size, Path(tmp))[0])
+
     base = timed["unpruned"]
     unpruned = LatencyBenchRow("", "unpruned", 1.0, table.full_ms, base, base, model.parameter_count(), total_bflops(model.cfg, img_size), "", score(model))
     rows = []
     for name, (label, method, ratio, predicted, setting) in info.items():
         net = models[name]
         rows.append(
-            LatencyBenchRow(label, method, ratio, predicted, timed[name], base, net.parameter_count(), total_bflops(net.cfg, img_size), setting, score(net))
+            LatencyBenchRow(
+                label, method, ratio, predicted, timed[name], base, net.parameter_count(), total_bflops(net.cfg, img_size), setting,
+                score(net), tuned(net, method),
+            )
         )
     return LatencyBench(table, unpruned, tuple(rows), tuple(results), refused)

@@ -366,6 +366,10 @@ def latency_prune(
     threads: int = typer.Option(2, "--threads", help="onnxruntime threads."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Folder for the per-layer latency table (JSON)."),
     match_rounds: int = typer.Option(4, "--match-rounds", help="Measured corrections of each baseline's latency (1: match the prediction only)."),
+    rank: Optional[str] = typer.Option(
+        None, "--rank", help="What a removed channel costs: loss (each layer's measured loss increase; needs --data; the default with it) | gamma (|γ|)."
+    ),
+    finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Also score the latency-targeted and uniform models after N fine-tune epochs each (needs --data)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Latency-targeted pruning vs uniform-width and global-threshold pruning at equal latency (onnxruntime)."""
@@ -390,15 +394,26 @@ def latency_prune(
     fractions, ms = numbers(targets, "--targets"), numbers(target_ms, "--target-ms")
     if not fractions and not ms:
         raise UsageError("give --targets 0.8,0.65,0.5 (fractions of the unpruned latency) or --target-ms")
+    rank = rank or ("loss" if data is not None else "gamma")
+    if rank not in ("loss", "gamma"):
+        raise UsageError(f"--rank must be loss or gamma, got {rank!r}")
+    if data is None and (rank == "loss" or finetune_epochs):
+        raise UsageError("--rank loss and --finetune-epochs need --data")
+    if finetune_epochs < 0:
+        raise UsageError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     model = load_cli_model(cfg, weights, random_init=random_init, img_size=img_size)
-    dataset = None
+    dataset = damage = finetune = None
     if data is not None:
+        from edgeyolo.bench.latency import loss_damage
+        from edgeyolo.bench.prune import FineTune
         from edgeyolo.data.formats import load_dataset
 
         dataset = load_dataset(data, "val")
+        damage = loss_damage(load_dataset(data, "train"), img_size) if rank == "loss" else None
+        finetune = FineTune(str(data), epochs=finetune_epochs, workers=0) if finetune_epochs else None
     bench = latency_prune_bench(
         model, img_size, fractions, ms, multiple, mode, threads, runs, dataset, cache_dir=cache, match_rounds=match_rounds,
-        progress=lambda r: track(r, "bench latency-prune"),
+        progress=lambda r: track(r, "bench latency-prune"), damage=damage, finetune=finetune,
     )
     table = bench.table
     if as_json:
@@ -414,13 +429,16 @@ def latency_prune(
     scored = data is not None
     out = _table(
         f"latency-targeted pruning: {cfg} @ {img_size}, mode {mode}, onnxruntime {threads} threads, {runs} interleaved runs",
-        ("target", "method", "setting", "pred ms", "meas ms (×unpruned)", "error", "params", "BFLOPs") + (("mAP@0.5",) if scored else ()),
+        ("target", "method", "setting", "pred ms", "meas ms (×unpruned)", "error", "params", "BFLOPs")
+        + (("mAP@0.5",) if scored else ())
+        + ((f"mAP@0.5 +{finetune_epochs} ep",) if finetune else ()),
         left=("target", "method", "setting"),
     )
     u = bench.unpruned
     out.add_row(
         "", "unpruned", "", f"{u.predicted_ms:.2f}", f"{u.measured_ms:.2f}", "", f"{u.params / 1e6:.2f}M", f"{u.bflops:.3f}",
         *((f"{u.map50:.3f}",) if scored else ()),
+        *(("",) if finetune else ()),
     )
     for r in bench.rows:
         out.add_row(
@@ -433,8 +451,9 @@ def latency_prune(
             f"{r.params / 1e6:.2f}M",
             f"{r.bflops:.3f}",
             *((f"{r.map50:.3f}",) if scored else ()),
+            *(("" if r.map50_finetuned is None else f"{r.map50_finetuned:.3f}",) if finetune else ()),
         )
-    console = Console(width=160)
+    console = Console(width=180)
     console.print(out)
     console.print(
         f"table: {len(table.samples)} width samples in {table.seconds:.1f} s, prediction within {100 * table.fit_error:.0f}% of them; "

@@ -14,19 +14,26 @@ that :mod:`edgeyolo.bench.latency` measures on the host. The pieces:
   width of the conv(s) feeding it (through routes, which concatenate or split, and shortcuts, pools,
   upsample), so cutting one layer also makes its consumers cheaper. The whole model is
   ``offset + scale·Σ conv costs``, the affine map absorbing the layers that are not convs.
-* **Accuracy proxy**: removing a channel costs its |γ| divided by the mean |γ| of its layer (a channel
-  of average importance costs 1 in any layer, and γ scales that differ per layer do not bias the
-  choice); a shortcut group's channel costs the sum over its members. A variable always loses its
-  lowest-cost channels first.
+* **Accuracy term**, one removal-cost curve per variable (``curve[r]``: the cost of removing its ``r``
+  lowest-|γ| channels; a variable always loses those first):
+
+  - ``gamma`` (:func:`gamma_curves`): each removed channel costs its |γ| divided by the mean |γ| of
+    its layer (a channel of average importance costs 1 in any layer), summed over a shortcut group's
+    members. Additive per channel, it cannot see what a layer already lost: at deep cuts it empties
+    the few layers whose milliseconds are cheapest in γ and the model collapses.
+  - ``loss`` (:func:`sensitivity_curves`): measured. Each variable alone is cut to a grid of widths
+    (7/8 … 1/8 of it, and its minimum) and the increase of a damage function (the detection loss on a
+    fixed set of training images) is recorded; between grid widths the curve is interpolated, and it
+    never falls as more is removed. A layer whose last channels matter costs accordingly.
 * **Selection** (:func:`select_widths`): greedy — repeatedly remove the block of ``multiple`` channels
-  with the smallest Δproxy / Δpredicted-latency until the prediction meets the target, then add back
+  with the smallest Δcost / Δpredicted-latency until the prediction meets the target, then add back
   the blocks that the overshoot of the last steps left room for (largest Δproxy first).
 """
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,6 +233,65 @@ def variable_scores(model: Darknet, variables: Sequence[Variable], importance: I
     return out
 
 
+def gamma_curves(scores: Sequence[Tensor]) -> list[Tensor]:
+    """Per variable, ``curve[r]``: the summed scores of its ``r`` lowest channels (r = 0 … full)."""
+    return [torch.cat([torch.zeros(1, dtype=torch.float64), torch.sort(s).values.cumsum(0)]) for s in scores]
+
+
+def sensitivity_widths(v: Variable, multiple: int, steps: int = 8, below: int | None = None) -> list[int]:
+    """The widths at which :func:`sensitivity_curves` measures ``v``: ``k/steps`` of ``below`` (default:
+    its full width; k = steps−1 … 1) rounded to ``multiple``, one block under ``below``, and its
+    minimum; widest first, no repeats, all under ``below``."""
+    top = v.full if below is None else below
+    if top <= v.minimum:
+        return []
+    grid = {max(v.minimum, min(top - multiple, multiple * round(top * k / steps / multiple))) for k in range(1, steps)}
+    return sorted(grid | {v.minimum, top - multiple}, reverse=True)
+
+
+def sensitivity_curves(
+    model: Darknet,
+    variables: Sequence[Variable],
+    scores: Sequence[Tensor],
+    damage: Callable[[Darknet], float],
+    multiple: int,
+    progress: Callable[[range], Iterable[int]] | None = None,
+    start: Mapping[int, int] | None = None,
+) -> list[Tensor]:
+    """Per variable, ``curve[r]``: how much ``damage`` rises when that variable alone loses its ``r``
+    lowest-|γ| channels (β compensated, as the final model is), measured at
+    :func:`sensitivity_widths` and linearly interpolated between them; non-decreasing in ``r``.
+
+    ``start`` (variable → width): measure around that partly pruned model instead — every other
+    variable at its ``start`` width, the rise counted from the ``start`` model, and the channels it
+    already removed cost nothing."""
+    from edgeyolo.compress.prune.surgery import apply_plan
+
+    at = {k: v.full for k, v in enumerate(variables)} if start is None else dict(start)
+
+    def build(widths: Mapping[int, int]) -> Darknet:
+        if all(widths[k] >= v.full for k, v in enumerate(variables)):
+            return model
+        return apply_plan(model, width_plan(variables, scores, widths)).model.eval()
+
+    base = damage(build(at))
+    todo = [(k, w) for k, v in enumerate(variables) for w in sensitivity_widths(v, multiple, below=at[k])]
+    measured: dict[int, dict[int, float]] = {k: {r: 0.0 for r in range(v.full - at[k] + 1)} for k, v in enumerate(variables)}
+    steps = range(len(todo))
+    for n in progress(steps) if progress else steps:
+        k, w = todo[n]
+        measured[k][variables[k].full - w] = max(0.0, damage(build({**at, k: w})) - base)
+    curves = []
+    for k, v in enumerate(variables):
+        removed = sorted(measured[k])
+        values = np.maximum.accumulate([measured[k][r] for r in removed])
+        r_max = v.full - v.minimum
+        curve = np.interp(np.arange(v.full + 1), removed, values)
+        curve[r_max + 1 :] = math.inf  # never asked for: below the minimum
+        curves.append(torch.from_numpy(curve))
+    return curves
+
+
 @dataclass(frozen=True)
 class WidthChoice:
     widths: dict[int, int]  # variable index → kept width
@@ -243,16 +309,21 @@ def select_widths(
     scores: Sequence[Tensor],
     target_ms: float,
     multiple: int,
+    curves: Sequence[Tensor] | None = None,
+    start: Mapping[int, int] | None = None,
 ) -> WidthChoice:
-    """Widths (multiples of ``multiple``) whose predicted latency is at most ``target_ms``."""
+    """Widths (multiples of ``multiple``) whose predicted latency is at most ``target_ms``, removing
+    what costs least by ``curves`` (default: :func:`gamma_curves` of ``scores``), from the full
+    widths or from ``start`` (variable → width; never wider than it)."""
     if not variables:
         raise UsageError("latency pruning: no conv of this model may lose channels in this mode")
-    cum = [torch.cat([torch.zeros(1, dtype=torch.float64), torch.sort(s).values.cumsum(0)]) for s in scores]
+    cum = list(curves) if curves is not None else gamma_curves(scores)
 
     def removed_cost(k: int, w: int) -> float:
         return float(cum[k][variables[k].full - w])
 
-    w = {k: v.full for k, v in enumerate(variables)}
+    ceiling = {k: v.full for k, v in enumerate(variables)} if start is None else dict(start)
+    w = dict(ceiling)
     now = predict(conv_widths(variables, w))
     lowest = predict(conv_widths(variables, {k: v.minimum for k, v in enumerate(variables)}))
     if lowest > target_ms:
@@ -279,7 +350,7 @@ def select_widths(
     while True:  # refill: the last steps may have overshot; give back what still fits
         best = None
         for k, v in enumerate(variables):
-            if w[k] + multiple > v.full:
+            if w[k] + multiple > ceiling[k]:
                 continue
             trial = {**w, k: w[k] + multiple}
             after = predict(conv_widths(variables, trial))
@@ -294,6 +365,52 @@ def select_widths(
         w[k] += multiple
     proxy = sum(removed_cost(k, w[k]) for k in w)
     return WidthChoice(dict(w), now, proxy)
+
+
+#: the progressive path's step, as a fraction of the unpruned predicted latency
+PATH_STEP = 0.1
+
+
+class SensitivityPath:
+    """Latency-targeted widths whose sensitivity is measured again as the cut deepens.
+
+    One measurement at full width cannot see how layers interact once several are thin, so the path
+    walks down in steps of ``step`` × the unpruned predicted latency: at each step it measures
+    :func:`sensitivity_curves` around the model of the previous step and selects the next step's
+    widths from there. A target is then met from the last step above it, with that step's curves.
+    Steps are kept, so the targets of one model (and a correction loop's re-aims) share them.
+    """
+
+    def __init__(
+        self,
+        model: Darknet,
+        predict: Callable[[Widths], float],
+        variables: Sequence[Variable],
+        scores: Sequence[Tensor],
+        damage: Callable[[Darknet], float],
+        multiple: int,
+        step: float = PATH_STEP,
+        progress: Callable[[range], Iterable[int]] | None = None,
+    ) -> None:
+        self.model, self.predict, self.variables, self.scores = model, predict, variables, scores
+        self.damage, self.multiple, self.progress = damage, multiple, progress
+        full = {k: v.full for k, v in enumerate(variables)}
+        self.full_ms = predict(conv_widths(variables, full))
+        self.step = step * self.full_ms
+        self.steps: list[tuple[float, dict[int, int], list[Tensor]]] = []  # (aim, widths, curves around them)
+        self._add(self.full_ms, full)
+
+    def _add(self, aim: float, widths: dict[int, int]) -> None:
+        curves = sensitivity_curves(self.model, self.variables, self.scores, self.damage, self.multiple, self.progress, start=widths)
+        self.steps.append((aim, widths, curves))
+
+    def select(self, target_ms: float) -> WidthChoice:
+        while self.steps[-1][0] - self.step > target_ms:
+            aim, widths, curves = self.steps[-1]
+            nxt = select_widths(self.predict, self.variables, self.scores, aim - self.step, self.multiple, curves, widths)
+            self._add(aim - self.step, nxt.widths)
+        _, widths, curves = min((s for s in self.steps if s[0] >= target_ms), key=lambda s: s[0])
+        return select_widths(self.predict, self.variables, self.scores, target_ms, self.multiple, curves, widths)
 
 
 def width_plan(variables: Sequence[Variable], scores: Sequence[Tensor], widths: Mapping[int, int]) -> Plan:
