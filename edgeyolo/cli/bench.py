@@ -351,6 +351,73 @@ def prune_accuracy(
     Console(width=150).print(table)
 
 
+@app.command("prune-deep")
+def prune_deep(
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="darknet .cfg or zoo name (optional with a .safetensors checkpoint)."),
+    weights: Path = typer.Option(..., "--weights", help="A trained model."),
+    data: Path = typer.Option(..., "--data", help="Dataset: the loss is measured and the fine-tunes train on its train split, mAP@0.5 on val."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", "--img_size", help="Input size (default: the cfg's)."),
+    keep: float = typer.Option(0.2, "--keep", help="Kept fraction of the unpruned size at the end (0.2: 80 % gone)."),
+    epochs: str = typer.Option("3,3,4", "--epochs", help="Fine-tune epochs after each step, comma-separated (one number per step)."),
+    size: str = typer.Option("params", "--size", help="What --keep counts: params | bflops."),
+    mode: str = typer.Option("slim", "--mode", help="slim (residual channel spaces too, one unit each) | normal."),
+    multiple: int = typer.Option(8, "--multiple", help="Kept widths are multiples of N."),
+    lr0: float = typer.Option(0.002, "--lr0", help="Fine-tune learning rate (the control uses the same)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Fine-tune batch size."),
+    control: bool = typer.Option(True, "--control/--no-control", help="Fine-tune the dense model for the same total epochs."),
+    latency_runs: int = typer.Option(50, "--latency-runs", help="Interleaved onnxruntime runs per model (0: no timing)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Prune to a fraction of the parameters (or BFLOPs) in steps with fine-tuning between, against the dense control."""
+    import dataclasses
+
+    from rich.console import Console
+
+    from edgeyolo.bench.deep import deep_prune
+    from edgeyolo.bench.prune import FineTune
+    from edgeyolo.compress.prune.budget import SIZES
+    from edgeyolo.data.formats import load_dataset
+    from edgeyolo.errors import UsageError
+    from edgeyolo.log import track
+
+    if size not in SIZES:
+        raise UsageError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
+    try:
+        per_step = [int(t) for t in epochs.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"--epochs takes comma-separated whole numbers, got {epochs!r}") from None
+    model = load_cli_model(cfg, weights, img_size=img_size)
+    img = img_size or model.cfg.net.height
+    check_img_size(img)
+    tune = FineTune(str(data), lr0=lr0, batch_size=batch_size, workers=0)
+    _, rows = deep_prune(
+        model, load_dataset(data, "train"), load_dataset(data, "val"), tune, img, keep, per_step, size, mode, multiple,
+        control=control, latency_runs=latency_runs, progress=lambda r: track(r, "bench prune-deep"),
+    )
+    if as_json:
+        typer.echo(json.dumps({"weights": str(weights), "img_size": img, "keep": keep, "size": size, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+        return
+    base = rows[0]
+    table = _table(
+        f"deep pruning: {weights.name} @ {img}, to {keep:g} of the {size} in {len(per_step)} steps, fine-tune {epochs} epochs (lr0 {lr0:g})",
+        ("model", "goal", "params", "BFLOPs", "infer ms p50", "mAP@0.5 at the cut", "mAP@0.5", "epochs", "wall s"),
+        left=("model",),
+    )
+    for r in rows:
+        table.add_row(
+            r.name,
+            "" if r.goal is None else f"{r.goal:.3f}",
+            f"{r.params / 1e6:.3f}M (−{1 - r.params / base.params:.1%})",
+            f"{r.bflops:.3f} (−{1 - r.bflops / base.bflops:.1%})",
+            "" if r.infer_ms is None else f"{r.infer_ms:.2f}",
+            "" if r.map50_cut is None else f"{r.map50_cut:.3f}",
+            f"{r.map50:.3f}",
+            str(r.epochs),
+            f"{r.seconds:.0f}",
+        )
+    Console(width=170).print(table)
+
+
 @app.command("latency-prune")
 def latency_prune(
     cfg: str = typer.Option("edgeyolo-res", "--cfg", help="darknet .cfg or zoo name."),

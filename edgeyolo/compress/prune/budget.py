@@ -216,6 +216,53 @@ class LatencyModel:
         return self.offset + self.scale * self.conv_ms(widths or {})
 
 
+SIZES = ("params", "bflops")
+
+
+@dataclass(frozen=True)
+class SizeModel:
+    """The model's parameter count or BFLOPs for any assignment of conv output widths, exact: each conv
+    costs ``a·ci·co + b·co`` (its weights, BN or bias; for BFLOPs 2·MAC over its output grid) and the
+    layers that are not convs a constant, so the budget selection can target size instead of latency."""
+
+    cfg: Cfg
+    size: str
+    coef: Mapping[int, tuple[float, float]]  # conv → (a, b)
+    offset: float
+
+    @classmethod
+    def of(cls, cfg: Cfg, img_size: int, size: str = "params") -> SizeModel:
+        from edgeyolo.model.cfg import layer_table
+
+        if size not in SIZES:
+            raise UsageError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+        rows = {r.index: r for r in layer_table(cfg, img_size)}
+        coef: dict[int, tuple[float, float]] = {}
+        for c in cfg.conv_layers:
+            k2 = c.size * c.size / c.groups
+            if size == "params":
+                coef[c.index] = (k2, 2.0 if c.batch_normalize else 1.0)
+            else:
+                _, h, w = rows[c.index].output
+                coef[c.index] = (2.0 * k2 * h * w / 1e9, 0.0)
+        total = sum(r.params if size == "params" else r.bflops for r in rows.values())
+        model = cls(cfg, size, coef, 0.0)
+        return cls(cfg, size, coef, total - model.predict())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_inputs", input_expressions(self.cfg))
+        object.__setattr__(self, "_full", {c.index: c.filters for c in self.cfg.conv_layers})
+
+    def predict(self, widths: Widths | None = None) -> float:
+        widths, full = widths or {}, self._full
+        out = self.offset
+        for i, (a, b) in self.coef.items():
+            ci = sum(v if k < 0 else v * widths.get(k, full[k]) for k, v in self._inputs[i].items())
+            co = widths.get(i, full[i])
+            out += a * ci * co + b * co
+        return out
+
+
 # --------------------------------------------------------------------------------------------- choice
 
 
