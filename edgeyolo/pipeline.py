@@ -462,7 +462,10 @@ class Build:
                 "epochs": r.sparse_epochs, "s": r.s, "mode": r.prune_mode, "penalty": r.sr_penalty, "batch": r.batch_size,
                 "schedule": r.sr_schedule, "target": r.sr_target, "ramp": r.sr_ramp, "rank": r.sr_rank, "size": r.training_size, "aug": r.aug,
             },
-            "prune": {"method": r.prune_method, "percent": r.percent, "multiple": self._multiple(), "latency_ms": req.latency_ms},
+            "prune": {
+                "method": r.prune_method, "percent": r.percent, "multiple": self._multiple(), "latency_ms": req.latency_ms,
+                **({"rank": "loss"} if req.latency_ms else {}),
+            },
             "finetune": {"epochs": r.finetune_epochs, "kd": r.kd, "batch": r.batch_size, "size": r.training_size, "aug": r.aug},
             "quantize": {"images": r.calib_images, "method": r.quant_method, "target": self.profile.name},
             "export": {"target": self.profile.name, "precision": self.precision,
@@ -621,9 +624,11 @@ class Build:
         return Artifact(folder), self._evaluate(folder / MODEL_CFG, folder / MODEL_WEIGHTS)
 
     def _prune_to_latency(self, model, folder: Path):
-        """Per-layer widths that meet --latency-ms in onnxruntime on this host (bench.latency); for a
-        board target the host is the proxy, so the board's own number comes from the deploy stage."""
-        from edgeyolo.bench.latency import prune_to_latency
+        """Per-layer widths that meet --latency-ms in onnxruntime on this host (bench.latency), ranked by
+        each layer's measured loss increase on the training split; for a board target the host is the
+        proxy, so the board's own number comes from the deploy stage."""
+        from edgeyolo.bench.latency import loss_damage, prune_to_latency
+        from edgeyolo.data.formats import load_dataset
         from edgeyolo.model.cfg import format_cfg
         from edgeyolo.model.checkpoint import save_checkpoint
         from edgeyolo.model.weights import save_darknet_weights
@@ -631,7 +636,7 @@ class Build:
         mode = "slim" if self.recipe.prune_method in ("slim", "shortcut", "layer-channel", "group") else "normal"
         result = prune_to_latency(
             model, self.request.latency_ms, self.recipe.img_size, multiple=self._multiple(), mode=mode,
-            cache_dir=self.out / "latency-table",
+            cache_dir=self.out / "latency-table", damage=loss_damage(load_dataset(self.data(), "train"), self.recipe.img_size),
         )
         atomic_write_text(folder / MODEL_CFG, format_cfg(result.model.cfg))
         save_checkpoint(result.model, folder / MODEL_WEIGHTS)
@@ -640,7 +645,7 @@ class Build:
             "latency_target_ms": self.request.latency_ms, "latency_predicted_ms": round(result.predicted_ms, 3),
             "latency_measured_ms": None if result.measured_ms is None else round(result.measured_ms, 3),
             "latency_unpruned_ms": None if result.unpruned_ms is None else round(result.unpruned_ms, 3),
-            "latency_error": None if result.error is None else round(result.error, 4), "narrowed_convs": len(result.widths),
+            "latency_error": None if result.error is None else round(result.error, 4), "narrowed_convs": len(result.widths), "latency_rank": "loss",
             "latency_measured_on": "host onnxruntime" + ("" if self.profile.name == "host" else f" (a proxy for {self.profile.name})"),
         }
         return Artifact(folder), {**metrics, **self._evaluate(folder / MODEL_CFG, folder / MODEL_WEIGHTS)}
