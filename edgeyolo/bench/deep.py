@@ -19,6 +19,7 @@ model still gaining accuracy would otherwise make any pruning look cheaper than 
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import total_bflops
 from edgeyolo.model.darknet import Darknet
 
+logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DeepRow:
@@ -115,6 +117,7 @@ def deep_prune(
         rows.append(
             DeepRow(name, goal, current.parameter_count(), total_bflops(current.cfg, img_size), at_cut, score(current), done, time.perf_counter() - start)
         )
+        logger.info("%s: %d parameters, mAP@0.5 %.4f at the cut, %.4f after %d epochs", name, rows[-1].params, at_cut, rows[-1].map50, n)
     if control:
         start = time.perf_counter()
         dense = tuned(model, done).eval()
