@@ -29,7 +29,14 @@ from pathlib import Path
 from edgeyolo.bench.latency import DAMAGE_IMAGES, loss_damage
 from edgeyolo.bench.prune import FineTune, _finetune, _time_models
 from edgeyolo.compress.prune import apply_plan
-from edgeyolo.compress.prune.budget import SensitivityPath, SizeModel, conv_widths, variable_scores, width_plan, width_variables
+from edgeyolo.compress.prune.budget import (
+    SensitivityPath,
+    SizeModel,
+    conv_widths,
+    variable_scores,
+    width_plan,
+    width_variables,
+)
 from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import total_bflops
 from edgeyolo.model.darknet import Darknet

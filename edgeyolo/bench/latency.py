@@ -55,12 +55,12 @@ from edgeyolo.compress.prune import PruneConfig, apply_plan, prune
 from edgeyolo.compress.prune.budget import (
     ConvCost,
     LatencyModel,
+    SensitivityPath,
     Variable,
     conv_widths,
     fit_cost,
     input_expressions,
     nnls,
-    SensitivityPath,
     parse_mode,
     select_widths,
     variable_scores,

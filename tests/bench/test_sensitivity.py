@@ -105,8 +105,7 @@ def test_path_measures_again_around_each_step(model, setup):
     assert len(calls) == before and again.predicted_ms <= 0.75 * cost.predict()
 
 
-def test_loss_damage_is_the_detection_loss_and_sees_pruning(model, setup, tmp_path):
-    variables, scores = setup
+def test_loss_damage_is_the_detection_loss_and_sees_pruning(model, tmp_path):
     data = make_synthetic(tmp_path / "synth", classes=model.num_classes, train=6, val=2, img_size=SIZE, seed=0).data_yaml
     damage = loss_damage(load_dataset(data, "train"), SIZE, images=4, batch_size=3)
     base = damage(model)
