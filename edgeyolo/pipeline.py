@@ -627,16 +627,16 @@ class Build:
         """Per-layer widths that meet --latency-ms in onnxruntime on this host (bench.latency), ranked by
         each layer's measured loss increase on the training split; for a board target the host is the
         proxy, so the board's own number comes from the deploy stage."""
-        from edgeyolo.bench.latency import loss_damage, prune_to_latency
+        from edgeyolo.bench import latency
         from edgeyolo.data.formats import load_dataset
         from edgeyolo.model.cfg import format_cfg
         from edgeyolo.model.checkpoint import save_checkpoint
         from edgeyolo.model.weights import save_darknet_weights
 
         mode = "slim" if self.recipe.prune_method in ("slim", "shortcut", "layer-channel", "group") else "normal"
-        result = prune_to_latency(
+        result = latency.prune_to_latency(
             model, self.request.latency_ms, self.recipe.img_size, multiple=self._multiple(), mode=mode,
-            cache_dir=self.out / "latency-table", damage=loss_damage(load_dataset(self.data(), "train"), self.recipe.img_size),
+            cache_dir=self.out / "latency-table", damage=latency.loss_damage(load_dataset(self.data(), "train"), self.recipe.img_size, latency.DAMAGE_IMAGES),
         )
         atomic_write_text(folder / MODEL_CFG, format_cfg(result.model.cfg))
         save_checkpoint(result.model, folder / MODEL_WEIGHTS)
