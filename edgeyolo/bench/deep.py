@@ -19,6 +19,7 @@ model still gaining accuracy would otherwise make any pruning look cheaper than 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -101,7 +102,7 @@ def deep_prune(
         if n == 0:
             return net
         with tempfile.TemporaryDirectory(prefix="edgeyolo-deep-") as tmp:
-            return _finetune(net, FineTune(**{**tune.__dict__, "epochs": n}), img_size, Path(tmp))[0]
+            return _finetune(net, dataclasses.replace(tune, epochs=n), img_size, Path(tmp))[0]
 
     full = SizeModel.of(model.cfg, img_size, size).predict()
     damage = loss_damage(train, img_size, damage_images)
@@ -134,5 +135,5 @@ def deep_prune(
         )
     if latency_runs > 0:
         timed = {r.backend: r.infer.median_ms for r in _time_models(models, img_size, threads, latency_runs)}
-        rows = [DeepRow(**{**r.__dict__, "infer_ms": timed.get(r.name)}) for r in rows]
+        rows = [dataclasses.replace(r, infer_ms=timed.get(r.name)) for r in rows]
     return current, rows
