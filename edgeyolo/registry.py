@@ -43,3 +43,14 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+    def remove(self, name: str) -> T:
+        """Take an entry out again (a plug-in unloaded, a test's dummy cleaned up)."""
+        try:
+            return self._items.pop(name)
+        except KeyError:
+            raise UsageError(f"unknown {self.kind} '{name}'") from None
+
+    def in_order(self) -> list[tuple[str, T]]:
+        """(name, item) in registration order, for registries whose order means something (build stages)."""
+        return list(self._items.items())

@@ -70,6 +70,7 @@ Progress = Callable[[int, int], None]
 
 CHUNK = 1 << 20
 _PID_MARK = "__edgeyolo_pid__"
+EOF_GRACE_S = 2.0  # how long a command's output may trail its exit status
 
 
 def quote_argv(argv: Sequence[object]) -> str:
@@ -545,6 +546,7 @@ class SshTransport(Transport):
         out, err, pending = bytearray(), bytearray(), bytearray()
         deadline = time.monotonic() + limit
         beat = time.monotonic()
+        exited = 0.0
         try:
             while True:
                 if heartbeat and time.monotonic() - beat >= heartbeat:
@@ -553,9 +555,9 @@ class SshTransport(Transport):
                         chan.sendall(b"\n")
                     except (OSError, EOFError):
                         pass
-                ready = chan.recv_ready() or chan.recv_stderr_ready() or chan.exit_status_ready()
+                ready = chan.recv_ready() or chan.recv_stderr_ready() or (chan.exit_status_ready() and chan.eof_received)
                 if not ready:
-                    select.select([chan], [], [], 0.05)
+                    select.select([chan], [], [], 0.05)  # wakes on stdout data and on EOF
                 while chan.recv_ready():
                     out += chan.recv(1 << 16)
                 while chan.recv_stderr_ready():
@@ -566,7 +568,11 @@ class SshTransport(Transport):
                         err += line + b"\n"
                         self._emit(line.decode("utf-8", "replace"), sink)
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                    # sshd may send the exit status before the last of stderr: the end is the EOF, which a
+                    # background child holding the pipes open can delay; past a short grace, stop waiting
+                    exited = exited or time.monotonic()
+                    if chan.eof_received or chan.closed or time.monotonic() - exited > EOF_GRACE_S:
+                        break
                 if (chan.closed and not chan.exit_status_ready()) or not self.connected:
                     raise ConnectionFailed(f"{self.device.name}: the connection dropped while running: {cmd}")
                 if time.monotonic() > deadline:
