@@ -1,18 +1,21 @@
-"""Package layering: no module imports an edgeyolo module from a higher layer.
+"""Package layering: no module imports an edgeyolo module from a higher layer, or across a "never" arrow.
 
 Layers, lowest first (a module may import its own layer and those below it):
 
-    0  edgeyolo (the top __init__), edgeyolo.errors, .registry, .log, .contract
-    1  edgeyolo.model, edgeyolo.data
-    2  edgeyolo.train, edgeyolo.compress
-    3  edgeyolo.export, edgeyolo.runtime
-    4  edgeyolo.targets
+    0  leaves: edgeyolo (the top __init__), .errors, .registry, .log, .contract, .heap, .fileio
+    1  edgeyolo.targets (the board side: profiles, families, transports, runners, parsers)
+    2  edgeyolo.model, edgeyolo.data
+    3  edgeyolo.train, edgeyolo.compress
+    4  edgeyolo.export, edgeyolo.runtime, edgeyolo.adapt
     5  edgeyolo.bench
     6  edgeyolo.pipeline
     7  edgeyolo.cli
 
-Extra rules: ``edgeyolo.targets.jetson`` and ``edgeyolo.targets.zynq`` never import each other, and
-``edgeyolo/__init__.py`` imports nothing from edgeyolo. The board-side modules import without torch.
+Arrows that must never exist whatever the layers say (``NEVER``): targets ↛ model, train, compress;
+model ↛ train, cli; compress ↛ export, train; targets.jetson ↛ targets.zynq and back; a leaf ↛ any
+non-leaf; and ``edgeyolo/__init__.py`` imports nothing from edgeyolo. Every import counts: at module
+level, inside functions, under ``TYPE_CHECKING`` and through ``importlib.import_module``. The board
+side imports without torch and without the model code.
 """
 from __future__ import annotations
 
@@ -26,27 +29,33 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "edgeyolo"
 
+LEAVES = ("edgeyolo", "edgeyolo.errors", "edgeyolo.registry", "edgeyolo.log", "edgeyolo.contract", "edgeyolo.heap", "edgeyolo.fileio")
+
 LAYERS: dict[str, int] = {
-    "edgeyolo": 0,
-    "edgeyolo.errors": 0,
-    "edgeyolo.registry": 0,
-    "edgeyolo.log": 0,
-    "edgeyolo.contract": 0,
-    "edgeyolo.heap": 0,
-    "edgeyolo.model": 1,
-    "edgeyolo.data": 1,
-    "edgeyolo.train": 2,
-    "edgeyolo.compress": 2,
-    "edgeyolo.export": 3,
-    "edgeyolo.runtime": 3,
-    "edgeyolo.targets": 4,
+    **{leaf: 0 for leaf in LEAVES},
+    "edgeyolo.targets": 1,
+    "edgeyolo.model": 2,
+    "edgeyolo.data": 2,
+    "edgeyolo.train": 3,
+    "edgeyolo.compress": 3,
+    "edgeyolo.export": 4,
+    "edgeyolo.runtime": 4,
+    "edgeyolo.adapt": 4,
     "edgeyolo.bench": 5,
     "edgeyolo.pipeline": 6,
     "edgeyolo.cli": 7,
 }
 
-# pairs of subtrees that must never import one another (in either direction)
-SIBLINGS_APART = (("edgeyolo.targets.jetson", "edgeyolo.targets.zynq"),)
+# (importer subtree, subtrees it must never import); leaves are checked separately
+NEVER: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("edgeyolo.targets", ("edgeyolo.model", "edgeyolo.train", "edgeyolo.compress")),
+    ("edgeyolo.model", ("edgeyolo.train", "edgeyolo.cli")),
+    ("edgeyolo.compress", ("edgeyolo.export", "edgeyolo.train")),
+    ("edgeyolo.targets.jetson", ("edgeyolo.targets.zynq",)),
+    ("edgeyolo.targets.zynq", ("edgeyolo.targets.jetson",)),
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "layering"
 
 _IMPORT_FUNCS = {"import_module", "__import__"}
 
@@ -125,11 +134,20 @@ def check_source(source: str, module: str, is_package: bool = False) -> list[str
         level = layer_of(target)
         if level is not None and level > own:
             problems.setdefault((line, "up"), f"{module}:{line}: layer {own} imports {target} of higher layer {level}")
-        for a, b in SIBLINGS_APART:
-            for mine, theirs in ((a, b), (b, a)):
-                if _within(module, mine) and _within(target, theirs):
-                    problems.setdefault((line, theirs), f"{module}:{line}: {mine} must never import {theirs}")
+        for source_tree, forbidden in NEVER:
+            for theirs in forbidden:
+                if _within(module, source_tree) and _within(target, theirs):
+                    problems.setdefault((line, theirs), f"{module}:{line}: {source_tree} must never import {theirs}")
+        if is_leaf(module) and not is_leaf(target):
+            problems.setdefault((line, "leaf"), f"{module}:{line}: the leaf {module} must not import {target}")
     return list(problems.values())
+
+
+def is_leaf(module: str) -> bool:
+    """A leaf module, or a name taken from one (``edgeyolo.errors.UsageError``, ``edgeyolo.__version__``)."""
+    if module == "edgeyolo" or module.startswith("edgeyolo.__"):
+        return True
+    return any(_within(module, leaf) for leaf in LEAVES if leaf != "edgeyolo")
 
 
 def package_modules() -> list[tuple[Path, str, bool]]:
@@ -142,8 +160,10 @@ def package_modules() -> list[tuple[Path, str, bool]]:
 def test_checker_reports_an_upward_import() -> None:
     source = "import numpy\nfrom edgeyolo.errors import UsageError\nfrom edgeyolo.cli.app import app\n"
     problems = check_source(source, "edgeyolo.model.x")
-    assert len(problems) == 1
-    assert "edgeyolo.model.x:3" in problems[0] and "edgeyolo.cli.app" in problems[0]
+    assert sorted(problems) == [
+        "edgeyolo.model.x:3: edgeyolo.model must never import edgeyolo.cli",
+        "edgeyolo.model.x:3: layer 2 imports edgeyolo.cli.app of higher layer 7",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -159,6 +179,11 @@ def test_checker_reports_an_upward_import() -> None:
         ("from .. import jetson\n", "edgeyolo.targets.zynq.board", False),
         ("from edgeyolo.errors import UsageError\n", "edgeyolo", True),  # top package imports nothing
         ("import numpy\n", "edgeyolo.newthing", False),  # unassigned module
+        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from edgeyolo.model.darknet import Darknet\n", "edgeyolo.targets.runner", False),
+        ("from edgeyolo.train.sparsity import PruneMode\n", "edgeyolo.compress.prune.budget", False),  # same layer, never
+        ("from edgeyolo.export.onnx import export_onnx\n", "edgeyolo.compress.quant.artifacts", False),  # higher and never
+        ("from edgeyolo.targets.profiles import TARGETS\n", "edgeyolo.fileio", False),  # a leaf imports a non-leaf
+        ("from edgeyolo.cli import app\n", "edgeyolo.model.cfg", False),
     ],
 )
 def test_checker_catches(source: str, module: str, is_package: bool) -> None:
@@ -173,6 +198,10 @@ def test_checker_catches(source: str, module: str, is_package: bool) -> None:
         ("from .cfg import parse_cfg\nfrom . import io\n", "edgeyolo.model.weights", False),
         ("from edgeyolo.targets import common\n", "edgeyolo.targets.zynq", True),
         ("import torch\nimport edgeyolo_extra.cli\n", "edgeyolo.model.x", False),  # not edgeyolo.*
+        ("from edgeyolo.targets.profiles import get_target\n", "edgeyolo.adapt.check", False),  # profiles are low
+        ("from edgeyolo.errors import UsageError\nfrom edgeyolo import __version__\n", "edgeyolo.registry", False),
+        ("from edgeyolo.fileio import sha256_file\n", "edgeyolo.targets.transport", False),
+        ("from edgeyolo.compress.prune.prunable import PruneMode\n", "edgeyolo.train.sparsity", False),
     ],
 )
 def test_checker_allows(source: str, module: str, is_package: bool) -> None:
@@ -196,13 +225,30 @@ def test_relative_imports_resolve_against_the_package() -> None:
 # ---------------------------------------------------------------- the real package
 
 
+def package_problems(modules: list[tuple[Path, str, bool]]) -> list[str]:
+    return [p for path, name, is_package in modules for p in check_source(path.read_text(), name, is_package)]
+
+
 def test_every_module_respects_the_layers() -> None:
     modules = package_modules()
     assert len(modules) > 10, f"found only {len(modules)} modules under {PACKAGE_DIR}"
-    problems = [
-        p for path, name, is_package in modules for p in check_source(path.read_text(), name, is_package)
-    ]
+    problems = package_problems(modules)
     assert not problems, "layering violations:\n" + "\n".join(problems)
+
+
+def test_a_module_that_breaks_an_arrow_fails_the_package_check() -> None:
+    """The fixture, read as if it were edgeyolo/targets/scoring.py, fails the same check the package passes."""
+    fixture = FIXTURES / "board_side_scoring.py"
+    problems = package_problems([*package_modules(), (fixture, "edgeyolo.targets.scoring", False)])
+    found = sorted(p for p in problems if p.startswith("edgeyolo.targets.scoring:"))
+    assert found == [
+        "edgeyolo.targets.scoring:13: edgeyolo.targets must never import edgeyolo.model",
+        "edgeyolo.targets.scoring:13: layer 1 imports edgeyolo.model.darknet of higher layer 2",
+        "edgeyolo.targets.scoring:17: edgeyolo.targets must never import edgeyolo.train",
+        "edgeyolo.targets.scoring:17: layer 1 imports edgeyolo.train.metrics of higher layer 3",
+        "edgeyolo.targets.scoring:27: edgeyolo.targets must never import edgeyolo.compress",
+        "edgeyolo.targets.scoring:27: layer 1 imports edgeyolo.compress.prune of higher layer 3",
+    ]
 
 
 def test_top_package_imports_nothing_from_edgeyolo() -> None:
@@ -232,9 +278,17 @@ def test_board_modules_import_without_torch() -> None:
             pass
         else:
             raise SystemExit("the torch blocker did not work")
-        import edgeyolo.targets, edgeyolo.targets.jetson, edgeyolo.targets.zynq, edgeyolo.contract, edgeyolo.errors
+        import importlib, pkgutil
+        import edgeyolo.targets, edgeyolo.contract, edgeyolo.errors
+        names = [m.name for m in pkgutil.walk_packages(edgeyolo.targets.__path__, "edgeyolo.targets.")]
+        assert len(names) > 15, names
+        for name in names:
+            importlib.import_module(name)
         leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
         assert not leaked, f"torch modules were imported: {leaked}"
+        model_side = ("model", "data", "train", "compress", "export", "runtime", "adapt", "bench", "pipeline", "cli")
+        leaked = sorted(m for m in sys.modules if m.split(".")[:2] in [["edgeyolo", s] for s in model_side])
+        assert not leaked, f"the board side loaded: {leaked}"
         print("ok")
         """
     )
