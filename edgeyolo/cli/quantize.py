@@ -8,10 +8,49 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand
 
 from edgeyolo.cli.common import ImgSizeOpt, WeightsOpt, check_img_size, load_cli_model
 
 BATCH = 4  # images per calibration forward
+
+
+def _scheme_help() -> str:
+    from edgeyolo.compress.quant.schemes import scheme_names
+
+    return f"Quantization scheme: {' | '.join(scheme_names())} (default affine; see --list-schemes)."
+
+
+def _method_help() -> str:
+    from edgeyolo.compress.quant.calib import method_names
+
+    return f"Range choice: {' | '.join(method_names())}."
+
+
+class QuantizeCommand(TyperCommand):
+    """The ``quantize`` command; its help lists the registered schemes and calibration methods when
+    it is shown (importing the registries earlier would load torch for every command)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        runtime_help = {"scheme": _scheme_help, "method": _method_help}
+        for param in self.params:
+            if param.name in runtime_help:
+                param.help = runtime_help[param.name]()
+        super().format_help(ctx, formatter)
+
+
+def _list_schemes(value: bool) -> None:
+    """``--list-schemes``: one line per registered scheme (name, weight granularity, description)."""
+    if not value:
+        return
+    from edgeyolo.compress.quant.schemes import get_scheme, scheme_names
+
+    schemes = [get_scheme(name) for name in scheme_names()]
+    width = max(len(s.name) for s in schemes)
+    for s in schemes:
+        weights = ("per-channel" if s.per_channel else "per-tensor") if s.uses_ranges else "formula"
+        typer.echo(f"{s.name:<{width}}  {weights:<11}  {s.description}")
+    raise typer.Exit()
 
 
 def _calib_images(calib: Path, limit: int) -> tuple[list[Path], str]:
@@ -68,32 +107,43 @@ def quantize(
     calib: Path = typer.Option(..., "--calib", help="Calibration images: a folder of images, or a dataset (its train split is used)."),
     out: Path = typer.Option(..., "--out", help="Output folder: model.cfg, model.safetensors, quant.json."),
     images: int = typer.Option(200, "--images", help="Calibration images to use (the first N, sorted)."),
-    method: str = typer.Option("minmax", "--method", help="Range choice: minmax | percentile | entropy | mse."),
-    pow2: bool = typer.Option(False, "--pow2", help="Per-tensor power-of-two scales (shift-only arithmetic)."),
-    vitis_sim: bool = typer.Option(False, "--vitis-sim", help="Simulate the Xilinx DPU exactly (pow2, narrow range, its rounding, leaky 26/256)."),
+    method: str = typer.Option("minmax", "--method", help="Range choice (the registered calibration methods)."),
+    scheme: Optional[str] = typer.Option(None, "--scheme", help="Quantization scheme (default affine; see --list-schemes)."),
+    pow2: bool = typer.Option(False, "--pow2", help="Per-tensor power-of-two scales (shift-only arithmetic); short for --scheme pow2."),
+    vitis_sim: bool = typer.Option(False, "--vitis-sim", help="Simulate the Xilinx DPU exactly (pow2, narrow range, its rounding, leaky 26/256); short for --scheme vitis-sim."),
     keep_float: Optional[str] = typer.Option(None, "--keep-float", help="Layers left in float: comma-separated indices, or 'auto' (the most sensitive)."),
     analyze: bool = typer.Option(False, "--analyze", help="Per-layer SQNR (dB); with --data also the mAP@0.5 of quantizing one layer at a time."),
     data: Optional[Path] = typer.Option(None, "--data", help="Evaluation dataset (its val split) for mAP; never used for calibration."),
     img_size: Optional[int] = ImgSizeOpt,
+    list_schemes: bool = typer.Option(
+        False, "--list-schemes", callback=_list_schemes, is_eager=True, help="List the registered quantization schemes and exit."
+    ),
 ) -> None:
     """Calibrate activation ranges on images the model is not evaluated on, and write the quantized model."""
     from edgeyolo.compress.quant import METHODS, QuantSpec, calibrate, prepare_qat, save_quantized, set_float_layers
     from edgeyolo.compress.quant.analysis import analyze as run_analysis
     from edgeyolo.compress.quant.analysis import auto_keep_float
-    from edgeyolo.compress.quant.calib import image_batches
+    from edgeyolo.compress.quant.calib import image_batches, method_names
     from edgeyolo.contract import Contract, channel_order_for
     from edgeyolo.errors import UsageError
     from edgeyolo.log import track
 
     check_img_size(img_size)
     if method not in METHODS:
-        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got '{method}'")
+        raise UsageError(f"--method must be one of {', '.join(method_names())}, got '{method}'")
     if images <= 0:
         raise UsageError(f"--images must be positive, got {images}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
     wanted_float = _parse_keep_float(keep_float)
-    spec = QuantSpec("pow2" if pow2 else "affine", vitis_sim=vitis_sim)
+    if scheme is not None and (pow2 or vitis_sim):
+        raise UsageError("--pow2 is short for --scheme pow2 and --vitis-sim for --scheme vitis-sim; give only one of them")
+    spec = QuantSpec(scheme if scheme is not None else "pow2" if pow2 else "affine", vitis_sim=vitis_sim)
+    if not spec.scheme_obj.uses_ranges:
+        raise UsageError(
+            f"--scheme {spec.scheme} quantizes by fixed formulas, with no ranges to calibrate; "
+            f"use it for quantization-aware training (edgeyolo train --quantized {spec.scheme})"
+        )
     paths, described = _calib_images(calib, images)
     dataset = None
     if data is not None:
@@ -142,7 +192,7 @@ def quantize(
         "map50": {k: v for k, v in maps.items() if k in ("float", "quantized")},
     }
     save_quantized(model, out, info)
-    kind = "vitis-sim (DPU)" if vitis_sim else spec.scheme
+    kind = spec.scheme_obj.title
     typer.echo(f"wrote {out}/ ({kind} int{spec.w_bit}, float layers {wanted_float or 'none'})")
 
 
@@ -168,4 +218,4 @@ def _layer_maps(model, dataset, size: int, layers: list[int]) -> dict[str, float
 
 
 def register(app: typer.Typer) -> None:
-    app.command("quantize")(quantize)
+    app.command("quantize", cls=QuantizeCommand)(quantize)

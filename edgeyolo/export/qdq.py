@@ -3,8 +3,8 @@
 The graph carries ``QuantizeLinear``/``DequantizeLinear`` exactly where the fake-quant model
 quantizes (every conv input, both inputs of every residual add; see
 ``edgeyolo.compress.quant.modules``), by TensorRT's explicit-quantization rules: symmetric, int8
-zero point 0, per-tensor activations, weights per output channel on axis 0 (``affine``) or per
-tensor (``pow2``), and weight ``QuantizeLinear`` applied to the float (BN-folded) weight
+zero point 0, per-tensor activations, weights per output channel on axis 0 or per tensor as the
+scheme says (``affine``: per channel, ``pow2``: per tensor), and weight ``QuantizeLinear`` applied to the float (BN-folded) weight
 initializers — never constant-folded into int8 constants. Opset 13 (per-axis quantization needs it).
 
 How it is built: the TorchScript exporter traces the model with activation fake-quant ops (which
@@ -131,7 +131,7 @@ def _insert_weight_qdq(proto, model: Darknet) -> int:
             index = int(m.group(1))
             w = block.export_w.detach().cpu()
             scale = block.w_q.scale(w).detach().cpu().numpy().astype(np.float32)
-            per_channel = block.w_q.scheme == "affine"
+            per_channel = block.w_q.scheme_obj.per_channel
             prefix = f"module_list.{index}"
             w_name = add_init(f"{prefix}.weight", w.numpy().astype(np.float32))
             s_name = add_init(f"{prefix}.w_q.scale", scale.reshape(-1) if per_channel else scale.reshape(()))
@@ -320,17 +320,11 @@ def export_qdq(
     if not is_quantized(model):
         raise UsageError("export qdq needs a quantized model (a folder written by `edgeyolo quantize`)")
     spec = model.quant_spec
-    if spec.scheme == "dorefa":
-        raise ExportError("DoReFa weights lie on an odd grid with no integer zero point; a dorefa model has no QDQ form")
+    spec.scheme_obj.check_qdq(spec)  # a scheme with no QDQ form (dorefa, vitis-sim) refuses with the way out
     if (spec.w_bit, spec.a_bit) != (8, 8):
         raise UsageError(
             f"QDQ ONNX for TensorRT is int8; a w{spec.w_bit}/a{spec.a_bit} model has no such form "
             "(ONNX QuantizeLinear takes int8/uint8 at opset 13); evaluate it with --backend torch"
-        )
-    if spec.vitis_sim:
-        raise UsageError(
-            "a --vitis-sim model rounds half up as the DPU does, which ONNX QuantizeLinear (half to even) cannot express; "
-            "use `edgeyolo export vitis` for the DPU, or quantize without --vitis-sim for TensorRT/onnxruntime"
         )
     if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise UsageError(f"--opset must lie in {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (per-channel QuantizeLinear needs 13), got {opset}")

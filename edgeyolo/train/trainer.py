@@ -472,7 +472,7 @@ class Trainer:
         0.237 to 0.170 mAP@0.5 in its second epoch with tracked ranges). A resume loads the saved
         ranges over these and freezes them alike."""
         c = self.config
-        if not c.qat_calib or self.quant_spec.scheme == "dorefa":
+        if not c.qat_calib or not self.quant_spec.scheme_obj.uses_ranges:  # dorefa: fixed formulas, no ranges
             return
         from edgeyolo.compress.quant import calibrate, freeze_ranges
         from edgeyolo.compress.quant.calib import image_batches

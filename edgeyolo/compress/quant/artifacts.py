@@ -33,11 +33,12 @@ FORMAT_VERSION = 1
 
 
 def scales(model) -> dict[str, object]:
-    """Every quantizer's scale: activations per tensor, weights per channel (affine) or per tensor."""
+    """Every quantizer's scale: activations per tensor, weights per channel or per tensor (as the
+    scheme says); a scheme without ranges (dorefa) has no weight scales."""
     model = _require(model)
     out: dict[str, object] = {name: float(q.scale()) for name, q in act_quantizers(model).items() if float(q.amax) > 0}
     for i, m in enumerate(model.module_list):
-        if isinstance(m, QuantConvBlock) and m.w_q.scheme != "dorefa":
+        if isinstance(m, QuantConvBlock) and m.w_q.scheme_obj.uses_ranges:
             w, _ = m.folded_params()
             out[f"module_list.{i}.w_q"] = m.w_q.scale(w).flatten().tolist()
     return out

@@ -2,7 +2,8 @@
 
 Every activation quantizer gets a histogram of |x| (2048 bins whose range doubles, merging bin
 pairs, whenever a larger value arrives, so one pass suffices and batches are never held in memory).
-The range ``amax`` is then chosen by one of four methods:
+The range ``amax`` is then chosen by one of four registered methods (:data:`METHODS`, one
+:class:`CalibMethod` class each):
 
 * ``minmax`` — the largest |x| seen (nothing clips);
 * ``percentile`` — the 99.99th percentile of |x|;
@@ -10,28 +11,33 @@ The range ``amax`` is then chosen by one of four methods:
   folded into the last bin, against its 2^(b−1)-level quantized version);
 * ``mse`` — the range minimising the expected squared quantization error over the histogram.
 
-For ``pow2`` quantizers ``minmax`` rounds the range up to a power of two (the reference's FPGA
-rule: no clipping), ``mse`` searches the power-of-two scales themselves, and ``percentile``/``entropy``
-take the power of two nearest to their range in the log domain (the reference HEAD's rule).
+The quantizer's scheme decides which of a method's answers applies
+(:meth:`QuantScheme.calibrated_amax <edgeyolo.compress.quant.schemes.QuantScheme.calibrated_amax>`):
+for ``pow2`` quantizers (``vitis-sim`` included) ``minmax`` rounds the range up to a power of two (the
+reference's FPGA rule: no clipping), ``mse`` searches the power-of-two scales themselves, and
+``percentile``/``entropy`` take the power of two nearest to their range in the log domain (the
+reference HEAD's rule); schemes without ranges (``dorefa``) are not calibrated.
 """
 from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import ClassVar, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
 from edgeyolo.compress.quant.fakequant import pow2_ceil_exponent
 from edgeyolo.compress.quant.modules import ActQuantizer, _require, act_quantizers
+from edgeyolo.compress.quant.schemes import QuantScheme, get_scheme
 from edgeyolo.contract import Contract
 from edgeyolo.errors import UsageError
+from edgeyolo.registry import Registry
 
 log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
 KEEP_IMAGES = 4  # single-image blobs image_batches keeps for --analyze / --keep-float auto
 BINS = 2048
 PERCENTILE = 99.99
@@ -124,34 +130,83 @@ def _entropy_amax(obs: HistogramObserver, bits: int) -> float:
     return best_i * obs.width
 
 
-def _pow2_amax(obs: HistogramObserver, method: str, bits: int) -> float:
-    """A range that is a power of two times 2^(b−1), so the scale is exactly a power of two."""
-    if method == "minmax":
+class CalibMethod(ABC):
+    """How one quantizer's range is chosen from its |x| histogram (see the module docstring)."""
+
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def amax(self, obs: HistogramObserver, bits: int) -> float:
+        """The range for a quantizer with any float scale."""
+
+    def pow2_amax(self, obs: HistogramObserver, bits: int) -> float:
+        """A range that is a power of two times 2^(b−1), so the scale is exactly a power of two: by
+        default the power of two nearest to :meth:`amax` in the log domain."""
+        return 2.0 ** round(math.log2(max(self.amax(obs, bits), 1e-30)))
+
+
+METHODS: Registry[type[CalibMethod]] = Registry("calibration method")
+
+
+@METHODS.register("minmax")
+class MinMaxMethod(CalibMethod):
+    description = "the largest |x| seen (nothing clips)"
+
+    def amax(self, obs: HistogramObserver, bits: int) -> float:
+        return obs.amax
+
+    def pow2_amax(self, obs: HistogramObserver, bits: int) -> float:
         return 2.0 ** float(pow2_ceil_exponent(torch.tensor(obs.amax)))
-    if method == "mse":
+
+
+@METHODS.register("percentile")
+class PercentileMethod(CalibMethod):
+    description = f"the {PERCENTILE}th percentile of |x|"
+
+    def amax(self, obs: HistogramObserver, bits: int) -> float:
+        return _percentile_amax(obs)
+
+
+@METHODS.register("entropy")
+class EntropyMethod(CalibMethod):
+    description = "TensorRT's KL-divergence search"
+
+    def amax(self, obs: HistogramObserver, bits: int) -> float:
+        return _entropy_amax(obs, bits)
+
+
+@METHODS.register("mse")
+class MseMethod(CalibMethod):
+    description = "the range minimising the expected squared quantization error"
+
+    def amax(self, obs: HistogramObserver, bits: int) -> float:
+        return _mse_amax(obs, bits)
+
+    def pow2_amax(self, obs: HistogramObserver, bits: int) -> float:
         top = int(pow2_ceil_exponent(torch.tensor(obs.amax)))
         exps = torch.arange(top - 8, top + 1)
         scales = torch.pow(2.0, exps.double()) / 2 ** (bits - 1)
         return 2.0 ** float(exps[int(torch.argmin(_expected_mse(obs, scales, 2 ** (bits - 1) - 1)))])
-    amax = _percentile_amax(obs) if method == "percentile" else _entropy_amax(obs, bits)
-    return 2.0 ** round(math.log2(max(amax, 1e-30)))
 
 
-def choose_amax(obs: HistogramObserver, method: str, bits: int, scheme: str) -> float:
-    """The range for one quantizer from its histogram (see the module docstring)."""
+def method_names() -> list[str]:
+    """Registered calibration methods in registration order (the order messages list them)."""
+    return [name for name, _ in METHODS.in_order()]
+
+
+def _check_method(method: str) -> None:
     if method not in METHODS:
-        raise UsageError(f"unknown calibration method '{method}'; expected one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown calibration method '{method}'; expected one of {', '.join(method_names())}")
+
+
+def choose_amax(obs: HistogramObserver, method: str, bits: int, scheme: str | QuantScheme) -> float:
+    """The range for one quantizer from its histogram (see the module docstring); ``scheme`` is the
+    quantizer's scheme object or a registered name."""
+    _check_method(method)
     if obs.hist is None:  # only zeros were seen: any positive range codes them exactly
         return 1.0
-    if scheme == "pow2":
-        return _pow2_amax(obs, method, bits)
-    if method == "minmax":
-        return obs.amax
-    if method == "percentile":
-        return _percentile_amax(obs)
-    if method == "entropy":
-        return _entropy_amax(obs, bits)
-    return _mse_amax(obs, bits)
+    scheme_obj = get_scheme(scheme) if isinstance(scheme, str) else scheme
+    return scheme_obj.calibrated_amax(obs, METHODS.get(method)(), bits)
 
 
 @torch.no_grad()
@@ -183,9 +238,8 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Tensor], method: str = "
     """Set every activation quantizer's range from a float pass over ``batches``; returns the number
     of batches seen. The model is left in eval mode."""
     model = _require(model)
-    if method not in METHODS:
-        raise UsageError(f"unknown calibration method '{method}'; expected one of {', '.join(METHODS)}")
-    quantizers: dict[str, ActQuantizer] = {n: q for n, q in act_quantizers(model).items() if q.scheme != "dorefa"}
+    _check_method(method)
+    quantizers: dict[str, ActQuantizer] = {n: q for n, q in act_quantizers(model).items() if q.scheme_obj.uses_ranges}
     observers = {name: HistogramObserver() for name in quantizers}
     model.eval()
     seen = 0
@@ -205,5 +259,5 @@ def calibrate(model: torch.nn.Module, batches: Iterable[Tensor], method: str = "
         obs = observers[name]
         if obs.count == 0:
             continue  # a quantizer the graph never reaches keeps its range
-        q.amax.fill_(choose_amax(obs, method, q.bits, q.scheme))
+        q.amax.fill_(choose_amax(obs, method, q.bits, q.scheme_obj))
     return seen

@@ -10,9 +10,11 @@ Where activations are quantized (one placement for QAT, PTQ, the analysis and th
   add; with ``equal_scales`` (the DPU's rule) both share ``qa``.
 
 Head outputs and the yolo decode stay float. Weights are quantized after BN folding (``W·γ/σ``),
-per output channel for ``affine`` and per tensor for ``pow2``; the bias stays float (TensorRT and
-onnxruntime add it in higher precision). A layer marked float (``quantized = False``) runs the
-original float block exactly.
+per output channel or per tensor as the scheme says (``affine``: per channel, ``pow2``: per tensor);
+the bias stays float (TensorRT and onnxruntime add it in higher precision). A layer marked float
+(``quantized = False``) runs the original float block exactly. What differs per scheme (scales,
+rounding, code range, the image and residual-add quantizers, range tracking, the LeakyReLU slope)
+is asked of the spec's :class:`~edgeyolo.compress.quant.schemes.QuantScheme`.
 
 ``prepare_qat`` swaps modules in place and re-classes the model as :class:`QuantDarknet` (a
 ``Darknet`` whose ``run`` also feeds residual adds through their quantizers), so every caller of
@@ -29,15 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgeyolo.compress.quant.bnfold import fold_bn_params, folded_block_params
-from edgeyolo.compress.quant.fakequant import (
-    affine_scale,
-    dorefa_act,
-    dorefa_weight,
-    pow2_scale,
-    qrange,
-    quantize,
-)
-from edgeyolo.compress.quant.spec import DPU_LEAKY_SLOPE, QuantSpec
+from edgeyolo.compress.quant.fakequant import qrange, quantize
+from edgeyolo.compress.quant.spec import QuantSpec
 from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import ConvSpec, ShortcutSpec
 from edgeyolo.model.darknet import ConvBlock, Darknet
@@ -59,13 +54,13 @@ class ActQuantizer(nn.Module):
 
     def __init__(self, spec: QuantSpec, role: str = "act"):
         super().__init__()
-        self.scheme, self.bits = spec.scheme, spec.a_bit
-        self.qmin, self.qmax = qrange(spec.a_bit, spec.narrow)
-        # the DPU rounds its input half away from zero and every activation half up
-        self.rounding = ("away" if role == "input" else "up") if spec.vitis_sim else "even"
+        self.scheme, self.bits = spec.scheme, spec.a_bit  # the recorded scheme name, for the repr
+        self.scheme_obj = scheme = spec.scheme_obj
+        self.qmin, self.qmax = qrange(spec.a_bit, scheme.narrow)
+        self.rounding = scheme.rounding(role)
         self.role = role
         self.register_buffer("amax", torch.zeros(()))
-        self.enabled = not (spec.scheme == "dorefa" and role == "input")  # the reference skips the image
+        self.enabled = scheme.quantize_input or role != "input"
         self.frozen = False
         self.export = False
         self._export_scale: Tensor | None = None  # set by export_mode: a constant, not traced arithmetic
@@ -77,7 +72,7 @@ class ActQuantizer(nn.Module):
         return f"{self.scheme}, bits={self.bits}, range={self.qmin}..{self.qmax}, rounding={self.rounding}, amax={float(self.amax):.4g}"
 
     def scale(self) -> Tensor:
-        return pow2_scale(self.amax, self.bits) if self.scheme == "pow2" else affine_scale(self.amax, self.bits)
+        return self.scheme_obj.act_scale(self.amax, self.bits)
 
     def observe(self, *xs: Tensor) -> bool:
         """Feed the range statistics; True when the tensors must pass through unquantized."""
@@ -87,7 +82,7 @@ class ActQuantizer(nn.Module):
             return True
         if not self.enabled:
             return True
-        if self.training and not self.frozen and self.scheme != "dorefa":
+        if self.training and not self.frozen and self.scheme_obj.uses_ranges:
             with torch.no_grad():
                 batch = torch.stack([x.detach().abs().max() for x in xs]).max().to(self.amax)
                 if float(self.amax) > 0:
@@ -97,8 +92,8 @@ class ActQuantizer(nn.Module):
         return False
 
     def apply(self, x: Tensor) -> Tensor:
-        if self.scheme == "dorefa":
-            return dorefa_act(x, self.bits)
+        if not self.scheme_obj.uses_ranges:
+            return self.scheme_obj.fake_act(x, self.bits)
         amax = float(self.amax)  # one host read per call (a device sync on CUDA)
         if not math.isfinite(amax):
             # the activations diverged (NaN/inf): pass that on, so the training loop stops with its own
@@ -129,26 +124,25 @@ class ActQuantizer(nn.Module):
 
 
 class WeightQuantizer(nn.Module):
-    """Symmetric weight quantizer; the range is the current max|w| (per output channel for affine)."""
+    """Symmetric weight quantizer; the range is the current max|w| (per output channel where the scheme says)."""
 
     def __init__(self, spec: QuantSpec):
         super().__init__()
-        self.scheme, self.bits = spec.scheme, spec.w_bit
-        self.qmin, self.qmax = qrange(spec.w_bit, spec.narrow)
-        self.rounding = "away" if spec.vitis_sim else "even"
+        self.scheme, self.bits = spec.scheme, spec.w_bit  # the recorded scheme name, for the repr
+        self.scheme_obj = scheme = spec.scheme_obj
+        self.qmin, self.qmax = qrange(spec.w_bit, scheme.narrow)
+        self.rounding = scheme.rounding("weight")
         self.export = False
 
     def extra_repr(self) -> str:
         return f"{self.scheme}, bits={self.bits}, range={self.qmin}..{self.qmax}, rounding={self.rounding}"
 
     def scale(self, w: Tensor) -> Tensor:
-        if self.scheme == "affine":
-            return affine_scale(w.detach().abs().amax(dim=(1, 2, 3)), self.bits).view(-1, 1, 1, 1)
-        return pow2_scale(w.detach().abs().max(), self.bits)
+        return self.scheme_obj.weight_scale(w, self.bits)
 
     def forward(self, w: Tensor) -> Tensor:
-        if self.scheme == "dorefa":
-            return dorefa_weight(w, self.bits)
+        if not self.scheme_obj.uses_ranges:
+            return self.scheme_obj.fake_weight(w, self.bits)
         if self.export:
             # the tracer would constant-fold weight Q/DQ into dequantized floats; the QDQ exporter
             # inserts the weight QuantizeLinear/DequantizeLinear itself, on the float weights
@@ -169,8 +163,9 @@ class QuantConvBlock(ConvBlock):
     def __init__(self, block: ConvBlock, spec: QuantSpec, role: str = "act"):
         nn.Module.__init__(self)
         self.conv, self.bn, self.act = block.conv, block.bn, block.act
-        if spec.vitis_sim and isinstance(self.act, nn.LeakyReLU):
-            self.act = nn.LeakyReLU(DPU_LEAKY_SLOPE)
+        slope = spec.scheme_obj.leaky_slope
+        if slope is not None and isinstance(self.act, nn.LeakyReLU):
+            self.act = nn.LeakyReLU(slope)
         self.in_q = ActQuantizer(spec, role)
         self.w_q = WeightQuantizer(spec)
         self.bn_fold = spec.bn_fold
@@ -213,7 +208,7 @@ class QuantConvBlock(ConvBlock):
         """Eval-mode forward in the arithmetic of an int8 engine: the conv sums integer codes exactly
         (float64), then one float32 rescale by s_x·s_w per output channel and the float32 bias."""
         q_in, w_q = self.in_q, self.w_q
-        if self.training or not q_in.enabled or q_in.scheme == "dorefa" or w_q.scheme == "dorefa":
+        if self.training or not q_in.enabled or not q_in.scheme_obj.uses_ranges or not w_q.scheme_obj.uses_ranges:
             raise UsageError("integer-exact evaluation needs an eval-mode affine or pow2 model")
         s_x = q_in.scale()
         codes = q_in.codes(x, s_x)
@@ -284,7 +279,7 @@ def prepare_qat(model: Darknet, spec: QuantSpec) -> Darknet:
             role = "input" if layer.index == 0 else "act"
             own = spec.at_edges() if layer.index in edges else spec
             model.module_list[layer.index] = QuantConvBlock(module, own, role).to(device)
-        elif isinstance(layer, ShortcutSpec) and spec.scheme != "dorefa":  # DoReFa's [0, 1] clip would kill residuals
+        elif isinstance(layer, ShortcutSpec) and spec.scheme_obj.quantize_adds:
             model.module_list[layer.index] = QuantShortcut(spec).to(device)
     model.__class__ = QuantDarknet
     model.quant_spec = spec
@@ -362,7 +357,7 @@ def export_mode(model: nn.Module) -> Iterator[None]:
     try:
         for q in quantizers:
             q.export = True
-            if isinstance(q, ActQuantizer) and q.enabled and q.scheme != "dorefa" and float(q.amax) > 0:
+            if isinstance(q, ActQuantizer) and q.enabled and q.scheme_obj.uses_ranges and float(q.amax) > 0:
                 q._export_scale = q.scale().detach().clone()
         for b in blocks:
             w, bias = b.folded_params()

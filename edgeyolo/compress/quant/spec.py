@@ -4,35 +4,31 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 
+from edgeyolo.compress.quant.schemes import (
+    DPU_LEAKY_SLOPE,
+    SCHEME_ALIASES,
+    SCHEMES,
+    VITIS_SIM,
+    QuantScheme,
+    get_scheme,
+    parse_scheme,
+)
 from edgeyolo.errors import UsageError
 
-SCHEMES = ("affine", "dorefa", "pow2")
-# the reference repo's ``--quantized`` numbers (README era): 1 = Google/TF integer QAT, 2 = DoReFa
-SCHEME_ALIASES = {"1": "affine", "2": "dorefa", "google": "affine", "fpga": "pow2"}
-DPU_LEAKY_SLOPE = 26 / 256  # the only LeakyReLU slope the Xilinx DPU computes (0.1015625)
-
-
-def parse_scheme(text: str | int) -> str:
-    """``affine`` / ``dorefa`` / ``pow2``, or the reference repo's seed numbers ``1`` / ``2``."""
-    key = str(text).strip().lower()
-    key = SCHEME_ALIASES.get(key, key)
-    if key not in SCHEMES:
-        raise UsageError(f"unknown quantization scheme '{text}'; expected one of {', '.join(SCHEMES)} (or 1 = affine, 2 = dorefa)")
-    return key
+# the scheme names and parser lived here before the scheme registry: importable from here as before
+__all__ = ["DPU_LEAKY_SLOPE", "SCHEMES", "SCHEME_ALIASES", "QuantSpec", "parse_scheme"]
 
 
 @dataclass(frozen=True)
 class QuantSpec:
     """What to quantize and how.
 
-    ``affine``: symmetric per-output-channel weights, per-tensor activations, any float scale
-    (TensorRT explicit quantization). ``pow2``: per-tensor symmetric power-of-two scales for weights and
-    activations (shift-only requantisation). ``dorefa``: the DoReFa formulas, for QAT experiments only
-    (its weight grid has no integer zero point, so it has no QDQ export).
+    ``scheme`` names a registered :class:`~edgeyolo.compress.quant.schemes.QuantScheme` (``affine``,
+    ``pow2``, ``dorefa``, ``vitis-sim``, ...); :attr:`scheme_obj` is the object the quantizers ask.
 
-    ``vitis_sim`` pins the Xilinx DPU arithmetic and therefore implies ``pow2`` and ``equal_scales``:
-    narrow range (−127..127), std_round (half away from zero) for weights and the input image,
-    round-half-up for activations, LeakyReLU slope 26/256.
+    ``vitis_sim`` selects the ``vitis-sim`` scheme (the Xilinx DPU arithmetic) and is how a spec
+    records it: ``scheme="vitis-sim"`` becomes ``scheme="pow2", vitis_sim=True, equal_scales=True``,
+    as does ``vitis_sim=True`` with any scheme that uses ranges.
     """
 
     scheme: str = "affine"
@@ -44,20 +40,27 @@ class QuantSpec:
     edge_bits: int | None = None  # bits of the image-input conv and the convs feeding [yolo] heads (None: w_bit/a_bit)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scheme", parse_scheme(self.scheme))
-        for name in ("w_bit", "a_bit", "edge_bits"):
-            bits = getattr(self, name)
-            if name == "edge_bits" and bits is None:
+        name = parse_scheme(self.scheme)
+        object.__setattr__(self, "scheme", name)
+        for field_name in ("w_bit", "a_bit", "edge_bits"):
+            bits = getattr(self, field_name)
+            if field_name == "edge_bits" and bits is None:
                 continue
             if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
-                raise UsageError(f"{name} must be an integer in 2..16, got {bits!r}")
+                raise UsageError(f"{field_name} must be an integer in 2..16, got {bits!r}")
         if self.vitis_sim:
-            if self.scheme == "dorefa":
-                raise UsageError("vitis_sim simulates the DPU's power-of-two arithmetic; it cannot be combined with dorefa")
-            if (self.w_bit, self.a_bit) != (8, 8):
-                raise UsageError(f"vitis_sim means the DPU's 8-bit arithmetic; got w_bit={self.w_bit}, a_bit={self.a_bit}")
-            object.__setattr__(self, "scheme", "pow2")
-            object.__setattr__(self, "equal_scales", True)
+            if not SCHEMES.get(name).uses_ranges:
+                raise UsageError(f"vitis_sim simulates the DPU's power-of-two arithmetic; it cannot be combined with {name}")
+            name = VITIS_SIM
+        scheme = get_scheme(name)
+        scheme.check(self)
+        for field, value in scheme.pinned().items():
+            object.__setattr__(self, field, value)
+
+    @property
+    def scheme_obj(self) -> QuantScheme:
+        """The registered scheme this spec runs (``vitis-sim`` when ``vitis_sim`` is set)."""
+        return get_scheme(VITIS_SIM if self.vitis_sim else self.scheme)
 
     def at_edges(self) -> "QuantSpec":
         """The spec of the image-input conv and the head convs: ``edge_bits`` for weights and inputs."""
@@ -67,11 +70,11 @@ class QuantSpec:
 
     @property
     def per_channel(self) -> bool:
-        return self.scheme == "affine"
+        return self.scheme_obj.per_channel
 
     @property
     def narrow(self) -> bool:
-        return self.vitis_sim
+        return self.scheme_obj.narrow
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
