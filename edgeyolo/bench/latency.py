@@ -68,11 +68,11 @@ from edgeyolo.compress.prune.budget import (
     width_variables,
 )
 from edgeyolo.compress.prune.importance import Importance
+from edgeyolo.compress.prune.prunable import PruneMode
 from edgeyolo.compress.prune.surgery import Plan
 from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import Cfg, format_cfg, parse_cfg_text, total_bflops
 from edgeyolo.model.darknet import Darknet
-from edgeyolo.train.sparsity import PruneMode
 
 logger = logging.getLogger(__name__)
 

@@ -336,8 +336,9 @@ def _suite_channels(run_dir: Path, rows: list[Row], out: Path, report: Report) -
 
 
 def _suite_gamma(run_dir: Path, rows: list[Row], out: Path, report: Report) -> None:
+    from edgeyolo.compress.prune.prunable import PruneMode, prunable_bn
     from edgeyolo.model.checkpoint import load_model
-    from edgeyolo.train.sparsity import PruneMode, plot_gamma_histogram, prunable_bn
+    from edgeyolo.train.sparsity import plot_gamma_histogram
 
     if not any(r.name == "sparse" for r in rows):
         report.notes.append("gamma.png: the suite has no sparse row")

@@ -47,17 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeyolo.data.formats import (
-    VocRecord,
-    _abs,
-    _image_issue,
-    _names_arg,
-    _pixel_box,
-    voc_sample,
-    load_dataset,
-    read_image_size,
-    read_voc_xml,
-)
+from edgeyolo.data.formats import VocRecord, load_dataset, read_image_size, read_voc_xml, voc_sample
+from edgeyolo.data.formats.common import _abs, _image_issue, _names_arg, _pixel_box
 from edgeyolo.data.types import Annotation, DetectionDataset, LabelIssue, Sample
 from edgeyolo.errors import InputFileError, UsageError
 from edgeyolo.model.io import atomic_write_text, new_dir_mode, new_file_mode

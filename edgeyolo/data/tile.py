@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeyolo.data.convert import DatasetStage, find_voc_parts, read_voc, split_by_hash, yolo_label_text
-from edgeyolo.data.formats import _abs, load_dataset
+from edgeyolo.data.formats import load_dataset
+from edgeyolo.data.formats.common import _abs
 from edgeyolo.data.types import Annotation, LabelIssue, Sample
 from edgeyolo.errors import InputFileError, UsageError
 from edgeyolo.model.io import read_image

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
+from edgeyolo.compress.prune.prunable import prunable_bn
 from edgeyolo.data.formats import load_dataset
 from edgeyolo.model.checkpoint import Provenance, load_model, save_checkpoint
 from edgeyolo.model.zoo import DEMO_CHECKPOINT
 from edgeyolo.runtime.evaluate import evaluate_model
-from edgeyolo.train.sparsity import gamma_stats, prunable_bn
+from edgeyolo.train.sparsity import gamma_stats
 
 SIZES = (288, 160)  # jetson-nano's smallest listed input size (the demo's export size), the training size
 

@@ -15,17 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+from edgeyolo.compress.prune.prunable import PrunableSet, PruneMode, prunable_bn
 from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import ConvSpec, MaxPoolSpec, ShortcutSpec, parse_cfg, parse_cfg_text, with_input_size
 from edgeyolo.model.darknet import Darknet
 from edgeyolo.train.sparsity import (
     DECAY_FACTOR,
-    PrunableSet,
-    PruneMode,
     SparsityRegularizer,
     gamma_stats,
     plot_gamma_histogram,
-    prunable_bn,
 )
 from tests.conftest import DARKNET_CFGS, OWN_CFGS, cfg_path
 
@@ -353,7 +351,7 @@ def test_real_cfgs_sizes_partition_and_logged_counts(name, caplog):
                 prunable_bn(cfg, mode)
             continue
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="edgeyolo.train.sparsity"):
+        with caplog.at_level(logging.INFO, logger="edgeyolo.compress.prune.prunable"):
             ps = prunable_bn(cfg, mode)
         assert len(ps) == size
         assert_partition(cfg, ps)

@@ -42,12 +42,12 @@ from torch import Tensor
 
 from edgeyolo.compress.prune.importance import Importance, channel_scores
 from edgeyolo.compress.prune.methods import METHODS, PruneConfig
+from edgeyolo.compress.prune.prunable import PruneMode
 from edgeyolo.compress.prune.selection import min_keep, top_channels
 from edgeyolo.compress.prune.surgery import Plan
 from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import Cfg, ConvSpec, RouteSpec, ScaleChannelsSpec
 from edgeyolo.model.darknet import Darknet
-from edgeyolo.train.sparsity import PruneMode
 
 #: the methods whose candidate convs a mode uses (their protections and residual groups)
 MODE_METHODS = {PruneMode.NORMAL: "normal", PruneMode.SHORTCUT: "slim"}

@@ -1,6 +1,6 @@
 """Pruning methods: each is channel importance + channel selection; all share one graph surgery.
 
-Which convs a method may touch is :func:`edgeyolo.train.sparsity.prunable_bn`'s answer for the
+Which convs a method may touch is :func:`edgeyolo.compress.prune.prunable.prunable_bn`'s answer for the
 method's ``--prune`` mode — the same set sparse training penalised — so training and pruning can
 never disagree. The methods (compression-algorithms.md §2.3–2.8, §2.11):
 
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from edgeyolo.compress.prune.importance import Importance, channel_scores
+from edgeyolo.compress.prune.prunable import PrunableSet, PruneMode, prunable_bn
 from edgeyolo.compress.prune.selection import (
     Ranking,
     count_to_percent,
@@ -47,7 +48,6 @@ from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import Cfg, RouteSpec, ScaleChannelsSpec, ShortcutSpec, YoloSpec, infer_shapes
 from edgeyolo.model.darknet import Darknet
 from edgeyolo.registry import Registry
-from edgeyolo.train.sparsity import PrunableSet, PruneMode, prunable_bn
 
 logger = logging.getLogger(__name__)
 
@@ -432,6 +432,7 @@ class LayerPruner(Step):
     """Deletes whole residual blocks: fewer layers cut latency where narrower ones may not (§7.12)."""
 
     name = "layer"
+    mode = PruneMode.LAYER
 
     def check_cfg(self, cfg: Cfg, config: PruneConfig, method: str) -> None:
         _prunable(cfg, PruneMode.LAYER, method)
@@ -455,6 +456,7 @@ class LayerChannelPruner(PruneMethod):
     """Slim first (its percent defaults to 0.6, as in the reference), then layer pruning."""
 
     name = "layer-channel"
+    mode = PruneMode.SHORTCUT  # the family of its channel step (slim)
     default_percent = 0.6
 
     def stages(self, config: PruneConfig) -> list[tuple[Step, PruneConfig]]:

@@ -49,9 +49,9 @@ def test_the_deviation_check_sees_the_border_that_zeroed_channels_leave(tiny_wei
     of the output maximum there, 0.006–0.036 four cells in); with β = 0 too, nowhere."""
     from edgeyolo.compress.prune import PruneConfig, prune
     from edgeyolo.compress.prune.checks import output_deviation
+    from edgeyolo.compress.prune.prunable import prunable_bn
     from edgeyolo.contract import Contract
     from edgeyolo.model.init import calibration_batch, synthetic_images
-    from edgeyolo.train.sparsity import prunable_bn
 
     model = load_model(cfg_path("yolov3-tiny"), tiny_weights).eval()
     batch = calibration_batch(Contract(416, 416), synthetic_images(2, 416, 416, seed=4))

@@ -9,10 +9,10 @@ import torch
 
 from edgeyolo.compress.prune import METHODS, Importance, PruneConfig, applicability, apply_plan, prune
 from edgeyolo.compress.prune.methods import LayerPruner, SlimPruner, scale_groups
+from edgeyolo.compress.prune.prunable import prunable_bn
 from edgeyolo.compress.prune.selection import min_keep
 from edgeyolo.errors import UsageError
 from edgeyolo.model.cfg import format_cfg, parse_cfg, parse_cfg_text
-from edgeyolo.train.sparsity import prunable_bn
 from tests.compress.prune.helpers import (
     NOT_APPLICABLE,
     TOLERANCE,

@@ -8,11 +8,11 @@ import torch
 
 from edgeyolo.compress.prune import METHODS, PruneConfig, prune
 from edgeyolo.compress.prune.artifacts import write_artifacts
+from edgeyolo.compress.prune.prunable import PruneMode, prunable_bn
 from edgeyolo.model.cfg import parse_cfg, with_input_size
 from edgeyolo.model.checkpoint import load_model
 from edgeyolo.model.darknet import Darknet
 from edgeyolo.runtime.opencv import forward_layers, load_net
-from edgeyolo.train.sparsity import PruneMode, prunable_bn
 from tests.compress.prune.helpers import NOT_APPLICABLE
 from tests.conftest import DARKNET_CFGS, OWN_CFGS, cfg_path
 from tests.oracle import (
