@@ -39,9 +39,9 @@ import torch
 
 from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import ExportError, UsageError, VerificationError
+from edgeyolo.fileio import atomic_write_bytes
 from edgeyolo.model.cfg import YoloSpec
 from edgeyolo.model.darknet import ConvBlock, Darknet
-from edgeyolo.model.io import atomic_write_bytes
 
 OPSET = 13
 MIN_CODE_MATCH = 0.999  # share of identical codes required at every activation QuantizeLinear
@@ -384,8 +384,7 @@ def export_host_int8(
     """Quantize a float model for onnxruntime on a CPU, verify it against torch, then write it."""
     import onnx
 
-    from edgeyolo.compress.quant.bnfold import fold_bn
-    from edgeyolo.compress.quant.modules import is_quantized
+    from edgeyolo.compress.quant.modules import fold_bn, is_quantized
     from edgeyolo.export.onnx import export_onnx, stamp_metadata
 
     if is_quantized(model):

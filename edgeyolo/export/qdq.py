@@ -41,8 +41,8 @@ from edgeyolo.compress.quant.modules import QuantConvBlock, capture_codes, expor
 from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import ExportError, UsageError, VerificationError
 from edgeyolo.export.onnx import OnnxExportResult, export_onnx, output_names, stamp_metadata
+from edgeyolo.fileio import atomic_write_bytes
 from edgeyolo.model.darknet import Darknet, RawHeads
-from edgeyolo.model.io import atomic_write_bytes
 
 OPSET_RANGE = (13, 17)
 DEFAULT_OPSET = 13
@@ -390,7 +390,7 @@ def export_bnfold(
 ) -> OnnxExportResult:
     """Float ONNX with every BN folded into its conv; the folded model is first checked against the
     original (max|Δ|/max|ref| ≤ ``tolerance``), then exported and verified as any ONNX export."""
-    from edgeyolo.compress.quant.bnfold import fold_bn
+    from edgeyolo.compress.quant.modules import fold_bn
 
     h, w = _size(model, img_size)
     if sample is None:

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from edgeyolo.bench.int8 import AGREEMENT_GOAL, agreement_map50, with_scale_error
-from edgeyolo.compress.quant.bnfold import fold_bn
+from edgeyolo.compress.quant.modules import fold_bn
 from edgeyolo.errors import UsageError, VerificationError
 from edgeyolo.export.host_int8 import (
     MIN_CODE_MATCH,

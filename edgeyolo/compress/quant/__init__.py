@@ -8,11 +8,11 @@ methods (:data:`METHODS`, :mod:`edgeyolo.compress.quant.calib`) are registered c
 from __future__ import annotations
 
 from edgeyolo.compress.quant.artifacts import load_quantized, save_quantized
-from edgeyolo.compress.quant.bnfold import fold_bn
 from edgeyolo.compress.quant.calib import METHODS, CalibMethod, calibrate
 from edgeyolo.compress.quant.modules import (
     QuantDarknet,
     float_layers,
+    fold_bn,
     freeze_bn,
     freeze_ranges,
     is_quantized,

@@ -1,17 +1,16 @@
 """Batch-norm folding: ``W' = W·γ/√(σ²+ε)``, ``b' = β + (b − μ)·γ/√(σ²+ε)``.
 
 Used three ways: by the quantized conv (weights are quantized *after* folding, as TensorRT and the
-DPU see them), by the QDQ exporter, and to write a BN-free float model for export. Folding is done
+DPU see them), by the QDQ exporter, and to write a BN-free float model for export (``modules.fold_bn``, which
+refuses a quantized model). Folding is done
 in float64 and rounded once to float32, so a folded model stays within ~1e-6 of the original.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
-from edgeyolo.model.darknet import ConvBlock, Darknet
+from edgeyolo.model.darknet import ConvBlock
 
 
 def fold_bn_params(
@@ -42,31 +41,3 @@ def folded_block_params(block: ConvBlock) -> tuple[Tensor, Tensor]:
     w = conv.weight.double() * gain.view(-1, 1, 1, 1)
     b = bn.bias.double() + (b0 - bn.running_mean.double()) * gain
     return w.float(), b.float()
-
-
-def fold_bn(model: Darknet) -> Darknet:
-    """A copy of a float model with every BN folded into its conv (a conv with bias, ``bn = None``).
-
-    The copy computes the same function in eval mode; its cfg still says ``batch_normalize=1``, so it
-    is for export and inference, not for writing darknet weights or further training.
-    """
-    from edgeyolo.compress.quant.modules import is_quantized
-    from edgeyolo.errors import UsageError
-
-    if is_quantized(model):
-        raise UsageError("fold_bn takes a float model; a quantized model folds BN inside its quantized convs")
-    folded = copy.deepcopy(model).eval()
-    for _, block in folded.conv_blocks():
-        if block.bn is None:
-            continue
-        w, b = folded_block_params(block)
-        old = block.conv
-        conv = nn.Conv2d(
-            old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-            dilation=old.dilation, groups=old.groups, bias=True,
-        ).to(old.weight.device)
-        with torch.no_grad():
-            conv.weight.copy_(w)
-            conv.bias.copy_(b)
-        block.conv, block.bn = conv, None
-    return folded

@@ -22,6 +22,7 @@ is asked of the spec's :class:`~edgeyolo.compress.quant.schemes.QuantScheme`.
 """
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Protocol
@@ -262,6 +263,31 @@ class QuantDarknet(Darknet):
 
 def is_quantized(model: nn.Module) -> bool:
     return isinstance(model, QuantDarknet)
+
+
+def fold_bn(model: Darknet) -> Darknet:
+    """A copy of a float model with every BN folded into its conv (a conv with bias, ``bn = None``).
+
+    The copy computes the same function in eval mode; its cfg still says ``batch_normalize=1``, so it
+    is for export and inference, not for writing darknet weights or further training.
+    """
+    if is_quantized(model):
+        raise UsageError("fold_bn takes a float model; a quantized model folds BN inside its quantized convs")
+    folded = copy.deepcopy(model).eval()
+    for _, block in folded.conv_blocks():
+        if block.bn is None:
+            continue
+        w, b = folded_block_params(block)
+        old = block.conv
+        conv = nn.Conv2d(
+            old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+            dilation=old.dilation, groups=old.groups, bias=True,
+        ).to(old.weight.device)
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            conv.bias.copy_(b)
+        block.conv, block.bn = conv, None
+    return folded
 
 
 def prepare_qat(model: Darknet, spec: QuantSpec) -> Darknet:
