@@ -51,7 +51,7 @@ from edgeyolo.data.formats import VocRecord, load_dataset, read_image_size, read
 from edgeyolo.data.formats.common import _abs, _image_issue, _names_arg, _pixel_box
 from edgeyolo.data.types import Annotation, DetectionDataset, LabelIssue, Sample
 from edgeyolo.errors import InputFileError, UsageError
-from edgeyolo.model.io import atomic_write_text, new_dir_mode, new_file_mode
+from edgeyolo.fileio import atomic_write_text, new_dir_mode, new_file_mode
 
 SPLITS = ("train", "val", "test")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeyolo.data.types import DetectionDataset
-from edgeyolo.model.io import atomic_write_bytes
+from edgeyolo.fileio import atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,9 @@ import numpy as np
 import yaml
 
 from edgeyolo.errors import InputFileError, UsageError
+from edgeyolo.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from edgeyolo.log import get_logger, track
-from edgeyolo.model.io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text, sha256_file
+from edgeyolo.model.io import IMAGE_SUFFIXES
 
 log = get_logger(__name__)
 

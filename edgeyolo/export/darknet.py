@@ -8,9 +8,9 @@ import torch
 
 from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import VerificationError
+from edgeyolo.fileio import atomic_write_text
 from edgeyolo.model.cfg import format_cfg, parse_cfg
 from edgeyolo.model.darknet import Darknet
-from edgeyolo.model.io import atomic_write_text
 from edgeyolo.model.weights import DarknetHeader, load_darknet_weights, save_darknet_weights
 
 

@@ -20,9 +20,9 @@ import torch
 from edgeyolo import __version__
 from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import ExportError, MissingDependencyError, UsageError, VerificationError
+from edgeyolo.fileio import atomic_write_bytes
 from edgeyolo.model.cfg import format_cfg
 from edgeyolo.model.darknet import Darknet, RawHeads
-from edgeyolo.model.io import atomic_write_bytes
 
 OPSET_RANGE = (11, 17)
 DEFAULT_OPSET = 13

@@ -39,8 +39,8 @@ import numpy as np
 from edgeyolo import __version__
 from edgeyolo.contract import Contract
 from edgeyolo.errors import ExportError, UnsupportedLayerError, UsageError, VerificationError
-from edgeyolo.model.io import new_dir_mode
 from edgeyolo.export import vitis_model_template as tpl
+from edgeyolo.fileio import new_dir_mode
 from edgeyolo.model.cfg import (
     AvgPoolSpec,
     Cfg,

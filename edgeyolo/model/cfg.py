@@ -836,7 +836,7 @@ def _block(name: str, options: dict[str, str]) -> str:
 
 
 def write_cfg(cfg: Cfg, path: str | Path) -> Path:
-    from edgeyolo.model.io import atomic_write_text
+    from edgeyolo.fileio import atomic_write_text
 
     return atomic_write_text(Path(path), format_cfg(cfg))
 

@@ -17,9 +17,9 @@ import torch
 
 from edgeyolo import __version__
 from edgeyolo.errors import InputFileError, WeightsError
+from edgeyolo.fileio import atomic_write_bytes
 from edgeyolo.model.cfg import Cfg, format_cfg, parse_cfg, parse_cfg_text
 from edgeyolo.model.darknet import Darknet
-from edgeyolo.model.io import atomic_write_bytes
 
 WEIGHT_SUFFIXES = (".weights", ".safetensors", ".pt", ".pth", ".conv")
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from edgeyolo.errors import InputFileError, WeightsError
+from edgeyolo.fileio import atomic_write_bytes
 from edgeyolo.model.darknet import ConvBlock, Darknet
-from edgeyolo.model.io import atomic_write_bytes
 
 
 @dataclass(frozen=True)

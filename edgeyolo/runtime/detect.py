@@ -18,7 +18,8 @@ import numpy as np
 
 from edgeyolo.contract import Contract
 from edgeyolo.errors import InputFileError, UsageError
-from edgeyolo.model.io import IMAGE_SUFFIXES, atomic_write_bytes, atomic_write_text
+from edgeyolo.fileio import atomic_write_bytes, atomic_write_text
+from edgeyolo.model.io import IMAGE_SUFFIXES
 from edgeyolo.runtime.base import Runner
 from edgeyolo.runtime.sliced import Slicing, detect_sliced
 

@@ -3,7 +3,9 @@
 A profile is plain data (frozen dataclasses, no torch, no tool imports): ``edgeyolo check`` reads its
 operator rules, ``edgeyolo adapt`` rewrites a cfg to fit them, ``edgeyolo prune --target`` takes its
 channel multiple, and the TensorRT command builder takes its TensorRT facts. Every fact carries the
-public source it came from.
+public source it came from. A profile's ``family`` names a registered board family
+(``edgeyolo.targets.families``), which holds what its boards share; a profile of a new family is one
+:func:`register_profile` once that family is registered.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 
 from edgeyolo.errors import TargetError, UsageError
 from edgeyolo.registry import Registry
+from edgeyolo.targets.families import FAMILIES, BoardFamily, Family, FamilyName, family_name, get_family
 
 DPU_LEAKY_SLOPE = 26 / 256  # 0.1015625, the only LeakyReLU slope the DPU computes
 DARKNET_LEAKY_SLOPE = 0.1
@@ -27,12 +30,6 @@ class Precision(str, Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-class Family(str, Enum):
-    JETSON = "jetson"
-    ZYNQ = "zynq"
-    HOST = "host"
 
 
 class TargetNotSupported(TargetError):
@@ -110,7 +107,7 @@ class DpuImage:
 class TargetProfile:
     name: str
     title: str
-    family: Family
+    family: FamilyName  # a registered board family (edgeyolo.targets.families): Family.JETSON, "zynq", ...
     runtime: str
     precisions: tuple[Precision, ...]
     default_precision: Precision
@@ -132,12 +129,16 @@ class TargetProfile:
             raise ValueError(f"{self.name}: default precision {self.default_precision} is not offered")
         if set(self.channel_multiples) != set(self.precisions):
             raise ValueError(f"{self.name}: one channel multiple per precision is required")
-        if self.family is Family.ZYNQ and not self.dpu_images:
-            raise ValueError(f"{self.name}: a DPU target needs at least one board image")
-        if self.family is Family.JETSON and self.tensorrt is None:
-            raise ValueError(f"{self.name}: a Jetson target needs its TensorRT facts")
-        if Precision.INT8 in self.precisions and self.family is not Family.ZYNQ and self.int8_layout is None:
-            raise ValueError(f"{self.name}: an int8 target that reads ONNX needs its int8_layout")
+        object.__setattr__(self, "family", family_name(self.family))
+        if self.family not in FAMILIES:
+            known = ", ".join(FAMILIES.names()) or "none"
+            raise ValueError(f"{self.name}: unknown board family '{self.family}'; known: {known}")
+        self.family_obj.check_profile(self)
+
+    @property
+    def family_obj(self) -> BoardFamily:
+        """The registered :class:`BoardFamily` of this profile (what its boards share)."""
+        return get_family(self.family)
 
     @property
     def channel_multiple(self) -> int:
@@ -180,7 +181,7 @@ class TargetProfile:
 
     def to_dict(self) -> dict[str, Any]:
         def convert(value: Any) -> Any:
-            if isinstance(value, Enum):
+            if isinstance(value, (Enum, FamilyName)):
                 return value.value
             if isinstance(value, dict):
                 return {convert(k): convert(v) for k, v in value.items()}
@@ -226,19 +227,6 @@ def get_target(name: str) -> TargetProfile:
     if key in UNSUPPORTED:
         raise TargetNotSupported(f"target '{name}' is not supported: {UNSUPPORTED[key]}")
     return TARGETS.get(key)
-
-
-def dpu_arch(target: str, vai: str | None = None, fingerprint: str | None = None):
-    """The DPU an ``export vitis`` bundle is compiled for (``edgeyolo.export.vitis.DpuArch``), from
-    the target's board image for Vitis AI ``vai``; ``fingerprint`` (read with ``xdputil query`` on the
-    board) overrides the profile's."""
-    from edgeyolo.export.vitis import DpuArch  # lazily: targets imports without torch
-
-    profile = get_target(target)
-    if not profile.dpu_images:
-        raise UsageError(f"--target {target} has no Xilinx DPU; `export vitis` is for zcu104 and ultra96")
-    image = profile.dpu_image(vai)
-    return DpuArch(profile.name, fingerprint or image.fingerprint_hex, image.label, image.max_pool_kernel, profile.title)
 
 
 def list_targets() -> list[TargetProfile]:

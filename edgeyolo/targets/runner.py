@@ -2,8 +2,10 @@
 
 What runs on the board is ``agent.py`` (uploaded with every deploy, skipped when unchanged); what it
 writes is JSON lines, read back even when the agent died, so a crash mid-benchmark still reports
-the frames it timed. Accuracy is scored here, on the host, with the same metrics code as
-``edgeyolo test``: the board only returns detections.
+the frames it timed. The board only returns detections: ``edgeyolo.bench.board_accuracy`` scores them on
+the host with the same metrics code as ``edgeyolo test``. What differs between kinds of boards (the
+native artifact, the engine built on a Jetson, power readings, doctor's tool rows) is asked of the
+target's :class:`~edgeyolo.targets.families.BoardFamily`.
 """
 from __future__ import annotations
 
@@ -23,135 +25,46 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeyolo.errors import ConnectionFailed, InputFileError, RemoteCommandError, RemoteTimeout, TargetError, UsageError
-from edgeyolo.targets.transport import BoardLock, LineSink, Progress, Transport, Upload
+from edgeyolo.targets.deploy import (  # noqa: F401 - deploying is part of this module's API
+    AGENT,
+    DATA,
+    MODEL_SUFFIXES,
+    MODELS,
+    RUNS,
+    SIDECAR,
+    DeployReport,
+    agent_source,
+    deploy,
+    deploy_plan,
+    read_onnx_metadata,
+    upload,
+)
+from edgeyolo.targets.families import BASE_TOOLS, BoardFamily, Family, all_families, get_family
+from edgeyolo.targets.profiles import TARGETS, get_target
+from edgeyolo.targets.transport import BoardLock, LineSink, Progress, Transport
 
 log = logging.getLogger(__name__)
 
-AGENT = "agent.py"
-MODELS = "models"
-RUNS = "runs"
-DATA = "data"
-MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".trt", ".xmodel")
-SIDECAR = ".edgeyolo.json"
 
-
-def agent_source() -> Path:
-    return Path(__file__).with_name("agent.py")
-
-
-# ------------------------------------------------------------------------------------ deploy
-
-
-@dataclass
-class DeployReport:
-    uploads: list[Upload] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def bytes_sent(self) -> int:
-        return sum(u.sent for u in self.uploads)
-
-    @property
-    def unchanged(self) -> int:
-        return sum(u.skipped for u in self.uploads)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"bytes_sent": self.bytes_sent, "unchanged": self.unchanged, "seconds": self.seconds,
-                "files": [asdict(u) for u in self.uploads]}
-
-
-def read_onnx_metadata(path: Path) -> dict[str, str]:
-    """The edgeyolo metadata of an ONNX file (onnx only; no torch on this path)."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError & co.
-        raise InputFileError(f"{path}: not a readable ONNX file ({exc})") from None
-    return {p.key: p.value for p in proto.metadata_props if p.key.startswith("edgeyolo.")}
-
-
-def deploy_plan(artifacts: Sequence[str | Path], staging: Path) -> list[tuple[Path, str]]:
-    """(local file, remote path relative to the workdir) for the agent and every artifact. A folder
-    (a bundle) keeps its layout under ``models/<folder>/``; every ONNX file gets a sidecar with its
-    contract, which engines and xmodels built from it on the board pick up by stem."""
-    plan: list[tuple[Path, str]] = [(agent_source(), AGENT)]
-    for item in artifacts:
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-            if not files:
-                raise InputFileError(f"{path}: the folder is empty; nothing to deploy")
-            pairs = [(f, f"{MODELS}/{path.name}/{f.relative_to(path).as_posix()}") for f in files]
-        elif path.is_file():
-            pairs = [(path, f"{MODELS}/{path.name}")]
-        else:
-            raise InputFileError(f"{path}: no such file or folder to deploy")
-        for local, remote in pairs:
-            plan.append((local, remote))
-            if local.suffix.lower() == ".onnx":
-                meta = read_onnx_metadata(local)
-                if meta:
-                    stem = remote[: -len(local.suffix)]
-                    side = staging / f"{len(plan)}{SIDECAR}"
-                    side.write_text(json.dumps(meta, sort_keys=True, indent=1))
-                    plan.append((side, stem + SIDECAR))
-    remotes = [r for _, r in plan]
-    if len(set(remotes)) != len(remotes):
-        raise UsageError("two artifacts would land on the same name on the board; rename one")
-    return plan
-
-
-def upload(
-    transport: Transport, plan: Sequence[tuple[Path, str]], progress: Progress | None = None, retries: int = 2
-) -> DeployReport:
-    """Upload every file; a dropped connection is reconnected and the file resumed, ``retries`` times."""
-    report = DeployReport()
-    started = time.monotonic()
-    for attempt in range(retries + 1):
-        try:
-            report.uploads = transport.put_many(plan, progress=progress)  # files already there are skipped
-            break
-        except ConnectionFailed as exc:
-            if attempt == retries:
-                raise
-            log.warning("%s; reconnecting to resume (%d/%d)", exc, attempt + 1, retries)
-            time.sleep(min(2.0 * (attempt + 1), 5.0))
-            transport.reconnect()
-    report.seconds = time.monotonic() - started
-    return report
-
-
-def deploy(
-    transport: Transport, artifacts: Sequence[str | Path], progress: Progress | None = None, retries: int = 2
-) -> DeployReport:
-    """The agent and the artifacts on the board, under the board lock."""
-    with tempfile.TemporaryDirectory() as tmp:
-        plan = deploy_plan(artifacts, Path(tmp))
-        with BoardLock(transport, "deploy"):
-            return upload(transport, plan, progress, retries)
-
-
-def pick_model(plan: Sequence[tuple[Path, str]], family: str = "host") -> str:
+def pick_model(plan: Sequence[tuple[Path, str]], family: BoardFamily | None = None) -> str:
     """The model file a bench runs: the board family's native artifact when the bundle has one."""
     remotes = [r for _, r in plan[1:] if Path(r).suffix.lower() in MODEL_SUFFIXES]
     if not remotes:
         raise InputFileError(f"nothing to run: expected a model file ({', '.join(MODEL_SUFFIXES)}) or a folder with one")
-    prefer = {"jetson": (".engine", ".plan", ".trt"), "zynq": (".xmodel",)}.get(family, ()) + (".onnx",)
-    for suffix in prefer:
-        for r in remotes:
-            if r.lower().endswith(suffix):
-                return r
-    return remotes[0]
+    return (family or get_family(Family.HOST)).pick_model(remotes)
 
 
-def device_family(target: str) -> str:
-    from edgeyolo.targets.profiles import get_target
-
+def target_family(target: str) -> BoardFamily | None:
+    """The family of a known target profile; None for a board without one (a 'generic' device)."""
     try:
-        return get_target(target).family.value
+        return get_target(target).family_obj
     except (UsageError, TargetError):
-        return "host"
+        return None
+
+
+def device_family(target: str) -> BoardFamily:
+    """The family whose artifacts a device runs: its profile's, the host's for a board without one."""
+    return target_family(target) or get_family(Family.HOST)
 
 
 # ------------------------------------------------------------------------------------ bench
@@ -239,39 +152,21 @@ def parse_records(text: str) -> list[dict[str, Any]]:
     return out
 
 
-def _power_w(tegrastats: str | None) -> float | None:
-    if not tegrastats:
+def _power_w(readers: Sequence[BoardFamily], record: dict[str, Any] | None) -> float | None:
+    if record is None:
         return None
-    from edgeyolo.targets.jetson.tegrastats import parse_tegrastats, summarize
-    from edgeyolo.targets.parsing import ToolOutputError
-
-    try:
-        mw = summarize(parse_tegrastats(tegrastats)).power_mw
-    except ToolOutputError as exc:
-        log.warning("tegrastats output not understood: %s", exc)
-        return None
-    return mw / 1000.0 if mw else None
+    return next((w for w in (f.power_w(record) for f in readers) if w is not None), None)
 
 
-def _power_mode(board: dict[str, Any]) -> str | None:
-    nv = board.get("nvpmodel") or {}
-    if not nv.get("out"):
-        return None
-    from edgeyolo.targets.jetson.nvpmodel import parse_nvpmodel
-    from edgeyolo.targets.parsing import ToolOutputError
-
-    try:
-        return parse_nvpmodel(nv["out"]).name
-    except ToolOutputError:
-        return None
-
-
-def summarize_records(records: list[dict[str, Any]], bench: DeviceBench) -> DeviceBench:
-    """Fill ``bench`` from the agent's records; phases without an end record are partial."""
+def summarize_records(records: list[dict[str, Any]], bench: DeviceBench, family: BoardFamily | None = None) -> DeviceBench:
+    """Fill ``bench`` from the agent's records; phases without an end record are partial. Power and the
+    power mode are read by the board's ``family`` first, then by any family whose probe wrote them
+    (a board with no profile, or a Jetson benchmarked as a plain host, still reports its power)."""
+    readers = all_families(family)
     lat: dict[int, list[list[float]]] = {}
     ends: dict[int, dict[str, Any]] = {}
     last_t: dict[int, float] = {}
-    power: dict[int, str | None] = {}
+    power: dict[int, dict[str, Any]] = {}
     done = False
     for r in records:
         kind = r.get("kind")
@@ -288,7 +183,7 @@ def summarize_records(records: list[dict[str, Any]], bench: DeviceBench) -> Devi
         elif kind == "phase_end":
             ends[r["streams"]] = r
         elif kind == "power":
-            power[r["streams"]] = r.get("tegrastats")
+            power[r["streams"]] = r
         elif kind == "done":
             done = True
     for streams, rows in sorted(lat.items()):
@@ -298,9 +193,9 @@ def summarize_records(records: list[dict[str, Any]], bench: DeviceBench) -> Devi
         med = (lambda k: statistics.median(row[k] for row in rows) if rows else float("nan"))
         bench.phases.append(
             Phase(streams, len(rows), seconds, Percentiles.of(totals), med(0), med(1), med(2), end is not None,
-                  _power_w(power.get(streams)), list(end.get("errors", [])) if end else [])
+                  _power_w(readers, power.get(streams)), list(end.get("errors", [])) if end else [])
         )
-    bench.power_mode = _power_mode(bench.board)
+    bench.power_mode = next((m for m in (f.power_mode(bench.board) for f in readers) if m is not None), None)
     bench.partial = not done
     return bench
 
@@ -356,20 +251,6 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def _engine_buildable(family: str, model: str | Path) -> bool:
-    """A TensorRT engine is built from a single .onnx file on a jetson-* device."""
-    return family == "jetson" and Path(model).is_file() and Path(model).suffix.lower() == ".onnx"
-
-
-def _engine(transport: Transport, model: str | Path, precision: str | None, calib_cache: str | Path | None,
-            build_timeout: float, on_log: LineSink | None, trtexec: str | None) -> Any:
-    """The board's cached engine for ``model`` (built if missing); the caller holds the board lock."""
-    from edgeyolo.targets.jetson.engine import ensure_engine
-
-    return ensure_engine(transport, model, transport.device.target, precision, calib_cache=calib_cache,
-                         timeout=build_timeout, on_log=on_log, trtexec=trtexec, lock=False)
-
-
 def bench_device(
     transport: Transport,
     model: str | Path,
@@ -397,7 +278,7 @@ def bench_device(
         raise UsageError("--duration must be positive; --warmup and --threads must not be negative")
     dev = transport.device
     family = device_family(dev.target)
-    buildable = _engine_buildable(family, model)
+    buildable = family.builds_on_board(model)
     if engine is None:
         engine = buildable
     elif engine and not buildable:
@@ -418,7 +299,8 @@ def bench_device(
         with BoardLock(transport, f"bench {Path(model).name}"):
             report = upload(transport, plan + extra, progress)
             if engine:
-                engine_result = _engine(transport, model, precision, calib_cache, build_timeout, on_log, trtexec)
+                engine_result = family.prepare(transport, model, precision=precision, calib_cache=calib_cache,
+                                               timeout=build_timeout, on_log=on_log, trtexec=trtexec)
                 remote_model = engine_result.engine
             out = f"{RUNS}/{new_run_id()}.jsonl"
             argv: list[object] = ["bench", "--model", remote_model, "--duration", duration, "--warmup", warmup,
@@ -428,7 +310,8 @@ def bench_device(
             # two phases (1 and N streams), each warm-up + duration, plus model load time
             records, error = run_agent(transport, argv, out, 2 * (warmup + duration) + 120.0, on_log)
     bench = summarize_records(records, DeviceBench(dev.name, remote_model, deploy=report, results_file=out,
-                                                   engine=engine_result.to_dict() if engine_result else None))
+                                                   engine=engine_result.to_dict() if engine_result else None),
+                              target_family(dev.target))
     if error is not None:
         if not any(p.frames for p in bench.phases):
             raise error
@@ -436,24 +319,24 @@ def bench_device(
     return bench
 
 
-# ------------------------------------------------------------------------------------ accuracy
+# ------------------------------------------------------------------------------------ detections
 
 
 @dataclass
-class DeviceEvaluation:
-    result: Any  # edgeyolo.train.metrics.EvalResult
-    detections: list[Any]
-    samples: list[Any]
-    skipped: list[str]
+class DeviceDetections:
+    """What the board detected on a dataset; scored on the host by ``edgeyolo.bench.board_accuracy``."""
+
+    detections: list[Any]  # one (n, 6) array per detected sample: x1, y1, x2, y2, score, class
+    samples: list[Any]  # the dataset samples the detections belong to, in the same order
+    skipped: list[str]  # images the board could not read
     infer_seconds: float
-    model: str
+    model: str  # the remote model file that ran
 
 
-def predict_on_device(
+def detect_on_device(
     transport: Transport,
     model: str | Path,
     dataset: Any,
-    metric: str = "coco",
     conf: float = 0.001,
     iou: float = 0.6,
     max_det: int = 100,
@@ -464,18 +347,17 @@ def predict_on_device(
     calib_cache: str | Path | None = None,
     trtexec: str | None = None,
     build_timeout: float = 3600.0,
-) -> DeviceEvaluation:
-    """Detections on the board for every image of ``dataset`` (a DetectionDataset), scored here with
-    the metrics ``edgeyolo test`` uses; the thresholds default to test's (full PR curve). An ``.onnx``
-    on a jetson-* device is scored as its TensorRT engine, as :func:`bench_device` times it."""
+) -> DeviceDetections:
+    """Detections on the board for every image of ``dataset`` (a DetectionDataset: ``source`` and
+    ``samples`` with an ``image`` path each); the thresholds default to ``edgeyolo test``'s (full PR
+    curve). An ``.onnx`` on a board whose family builds its native artifact there (a Jetson's
+    TensorRT engine) runs as that artifact, as :func:`bench_device` times it."""
     import numpy as np
-
-    from edgeyolo.train.metrics import evaluate
 
     dev = transport.device
     family = device_family(dev.target)
     if engine is None:
-        engine = _engine_buildable(family, model)
+        engine = family.builds_on_board(model)
     with tempfile.TemporaryDirectory() as tmp:
         plan = deploy_plan([model], Path(tmp))
         remote_model = pick_model(plan, family)
@@ -487,7 +369,8 @@ def predict_on_device(
         with BoardLock(transport, f"predict {Path(model).name}"):
             upload(transport, plan + images + [(listing, f"{tag}/list.txt")], progress)
             if engine:
-                remote_model = _engine(transport, model, precision, calib_cache, build_timeout, on_log, trtexec).engine
+                remote_model = family.prepare(transport, model, precision=precision, calib_cache=calib_cache,
+                                              timeout=build_timeout, on_log=on_log, trtexec=trtexec).engine
             out = f"{RUNS}/{new_run_id()}.preds.jsonl"
             argv: list[object] = ["predict", "--model", remote_model, "--list", f"{tag}/list.txt", "--conf", conf,
                                   "--iou", iou, "--max-det", max_det, "--workdir", "."]
@@ -501,11 +384,7 @@ def predict_on_device(
         raise TargetError(f"{dev.name}: the agent stopped after {len(dets)} of {len(images)} images; see {out} on the board")
     samples = [s for i, s in enumerate(dataset.samples) if i in dets]
     detections = [dets[i] for i in range(len(dataset.samples)) if i in dets]
-    result = evaluate(
-        [s.annotation for s in samples], detections, dataset.num_classes, metric=metric, names=dataset.names,
-        image_ids=[s.image_id for s in samples], max_det=max_det, category_ids=dataset.category_ids,
-    )
-    return DeviceEvaluation(result, detections, samples, skipped, float(done.get("infer_seconds", 0.0)), remote_model)
+    return DeviceDetections(detections, samples, skipped, float(done.get("infer_seconds", 0.0)), remote_model)
 
 
 # ------------------------------------------------------------------------------------ housekeeping
@@ -547,26 +426,13 @@ class Check:
     needed: bool = False  # the target cannot deploy or bench without it: doctor fails when it is missing
 
 
-# what each kind of board needs; rows of another family are not shown at all
-NEEDED = {
-    "generic": {"ssh", "python", "numpy", "opencv", "disk"},
-    "host": {"ssh", "python", "numpy", "opencv", "onnxruntime", "disk"},
-    "jetson": {"ssh", "python", "numpy", "opencv", "disk", "tensorrt", "pycuda / cuda-python", "trtexec", "L4T / JetPack"},
-    "zynq": {"ssh", "python", "numpy", "opencv", "disk", "vart", "xir", "xdputil"},
-}
-_JETSON_ROWS = {"tensorrt", "pycuda / cuda-python", "trtexec", "L4T / JetPack", "nvpmodel", "jetson_clocks", "DLA vs profile", "swap"}
-_ZYNQ_ROWS = {"vart", "xir", "xdputil", "DPU vs profile"}
-HIDDEN = {"generic": set(), "host": _JETSON_ROWS | _ZYNQ_ROWS, "jetson": _ZYNQ_ROWS, "zynq": _JETSON_ROWS}
-
-
-def board_kind(target: str) -> str:
-    """jetson | zynq | host for a known target profile, generic otherwise (every row, few needed)."""
-    from edgeyolo.targets.profiles import get_target
-
-    try:
-        return get_target(target).family.value
-    except (UsageError, TargetError):
-        return "generic"
+def _doctor_rows(target: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(needed, hidden) doctor rows for a board: its family's tables; a board without a profile
+    ('generic') sees every row and needs only what every board needs."""
+    family = target_family(target)
+    if family is None:
+        return BASE_TOOLS, frozenset()
+    return family.needed_tools, family.hidden_tools()
 
 
 def doctor_failures(checks: Sequence[Check]) -> list[Check]:
@@ -584,8 +450,8 @@ def _version_ok(text: str, minimum: tuple[int, ...]) -> bool:
 def doctor(transport: Transport, on_log: LineSink | None = None) -> list[Check]:
     """One line per thing a deploy or benchmark on this kind of board needs: ok, missing or warn;
     ``needed`` marks what the target cannot do without (see :func:`doctor_failures`)."""
-    kind = board_kind(transport.device.target)
-    return [replace(c, needed=c.name in NEEDED[kind]) for c in _doctor(transport, on_log) if c.name not in HIDDEN[kind]]
+    needed, hidden = _doctor_rows(transport.device.target)
+    return [replace(c, needed=c.name in needed) for c in _doctor(transport, on_log) if c.name not in hidden]
 
 
 def _doctor(transport: Transport, on_log: LineSink | None = None) -> list[Check]:
@@ -653,8 +519,6 @@ def _doctor(transport: Transport, on_log: LineSink | None = None) -> list[Check]
 def _against_profile(target: str, info: dict[str, Any], fingerprint: str | None) -> list[Check]:
     """What the board reports against its target profile: the DPU fingerprint (an xmodel compiled for
     another one does not run) and the DLA count. Only where the board reports them."""
-    from edgeyolo.targets.profiles import TARGETS
-
     if target not in TARGETS.names():
         return []
     profile = TARGETS.get(target)

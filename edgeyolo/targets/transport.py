@@ -58,7 +58,7 @@ from edgeyolo.errors import (
     RemoteTimeout,
     TargetError,
 )
-from edgeyolo.model.io import sha256_file as sha256_of  # noqa: F401 - part of this module's API
+from edgeyolo.fileio import sha256_file as sha256_of  # noqa: F401 - part of this module's API
 from edgeyolo.targets.inventory import Device
 from edgeyolo.targets.knownhosts import KnownHosts, Verdict, add_host_key, host_name
 from edgeyolo.targets.sshconfig import Hop, resolve

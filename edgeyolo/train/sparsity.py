@@ -535,7 +535,7 @@ def plot_gamma_histogram(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from edgeyolo.model.io import atomic_write_bytes
+    from edgeyolo.fileio import atomic_write_bytes
 
     index = _layer_list(layers)
     if not index:

@@ -29,11 +29,11 @@ from torch import nn
 
 from edgeyolo.contract import Contract, channel_order_for
 from edgeyolo.errors import EdgeYoloError, UsageError
+from edgeyolo.fileio import atomic_write_bytes, atomic_write_text
 from edgeyolo.heap import keep_freed_memory
-from edgeyolo.model.checkpoint import Provenance, load_model, save_checkpoint
 from edgeyolo.model.cfg import with_classes
+from edgeyolo.model.checkpoint import Provenance, load_model, save_checkpoint
 from edgeyolo.model.darknet import Darknet
-from edgeyolo.model.io import atomic_write_bytes, atomic_write_text
 from edgeyolo.train.loss import LossConfig, YoloLoss
 
 log = logging.getLogger(__name__)

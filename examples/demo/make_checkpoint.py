@@ -60,8 +60,8 @@ def main(run_dir: str, data: str, out: Path = DEMO_CHECKPOINT) -> dict:
     state = {k: (v.half() if k.endswith("conv.weight") else v) for k, v in shipped.state_dict().items()}
     from safetensors.torch import save
 
+    from edgeyolo.fileio import atomic_write_bytes
     from edgeyolo.model.cfg import format_cfg
-    from edgeyolo.model.io import atomic_write_bytes
 
     header = {"edgeyolo.cfg": format_cfg(shipped.cfg), **Provenance(command=meta["edgeyolo.demo.train_command"]).to_metadata(), **meta}
     atomic_write_bytes(out, save({k: t.contiguous() for k, t in state.items()}, metadata=header))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgeyolo.adapt.rewrite import plan_adaptation, transfer_weights, with_leaky_slope
 from edgeyolo.contract import Contract
 from edgeyolo.errors import UnsupportedLayerError, UsageError, VerificationError
 from edgeyolo.export import vitis
@@ -21,7 +22,6 @@ from edgeyolo.model.cfg import parse_cfg, parse_cfg_text
 from edgeyolo.model.checkpoint import load_model
 from edgeyolo.model.darknet import Darknet
 from edgeyolo.model.init import calibration_batch, random_init, synthetic_images
-from edgeyolo.targets.adapt import plan_adaptation, transfer_weights, with_leaky_slope
 from edgeyolo.targets.profiles import get_target
 from tests.conftest import cfg_path
 
@@ -330,7 +330,7 @@ def test_cli_writes_a_bundle(tiny_weights, photos, tmp_path, capsys):
 
 
 def test_dpu_arch_comes_from_the_target_profile():
-    from edgeyolo.targets.profiles import dpu_arch
+    from edgeyolo.adapt.dpu import dpu_arch
 
     assert dpu_arch("zcu104", "3.0").fingerprint == "0x101000016010407"  # ISA1 B4096 (deploy-targets.md §3b)
     assert dpu_arch("zcu104", "2.0").max_pool_kernel == 8  # ISA0: pool kernels up to 8

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from edgeyolo.errors import WeightsError
+from edgeyolo.fileio import sha256_file
 from edgeyolo.model.checkpoint import (
     Provenance,
     checkpoint_cfg,
@@ -13,7 +14,6 @@ from edgeyolo.model.checkpoint import (
     reference_key_map,
     save_checkpoint,
 )
-from edgeyolo.model.io import sha256_file
 from tests.conftest import cfg_path
 
 

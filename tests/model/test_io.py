@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgeyolo.errors import UsageError
-from edgeyolo.model.io import atomic_write_bytes, atomic_write_text, current_umask, new_dir_mode
+from edgeyolo.fileio import atomic_write_bytes, atomic_write_text, current_umask, new_dir_mode
 
 
 def mode(path: Path) -> int:

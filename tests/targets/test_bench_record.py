@@ -68,7 +68,7 @@ def test_db_and_label_need_record(tmp_path, onnx_model, capsys) -> None:
 
 
 def test_board_conditions_keep_settings_from_jetson_and_zynq_output() -> None:
-    from edgeyolo.cli.device import bench_metrics, board_conditions
+    from edgeyolo.bench.board import bench_metrics, board_conditions
 
     clocks = board_log("jetson_clocks-show-nano-head.txt")
     payload = {
@@ -96,7 +96,7 @@ def test_board_conditions_keep_settings_from_jetson_and_zynq_output() -> None:
 
 
 def test_a_bundle_folder_is_hashed_as_a_whole(tmp_path) -> None:
-    from edgeyolo.cli.device import tree_sha256
+    from edgeyolo.fileio import tree_sha256
 
     bundle = tmp_path / "vitis"
     (bundle / "sub").mkdir(parents=True)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from edgeyolo.adapt.check import Severity, check_cfg, check_onnx
+from edgeyolo.adapt.rewrite import adapt_model, plan_adaptation, pool_chain, transfer_weights, write_adapted
 from edgeyolo.errors import InputFileError, UsageError
 from edgeyolo.model.cfg import MaxPoolSpec, RouteSpec, parse_cfg, parse_cfg_text, with_input_size
 from edgeyolo.model.checkpoint import load_model
 from edgeyolo.model.darknet import Darknet
 from edgeyolo.runtime.opencv import forward_layers, load_net
-from edgeyolo.targets.adapt import adapt_model, plan_adaptation, pool_chain, transfer_weights, write_adapted
-from edgeyolo.targets.check import Severity, check_cfg, check_onnx
 from edgeyolo.targets.profiles import DPU_LEAKY_SLOPE, get_target
 from tests.conftest import cfg_path
 from tests.oracle import TOLERANCE, calibrated_model, letterboxed, rel_error, torch_layers

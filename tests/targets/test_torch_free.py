@@ -8,8 +8,8 @@ from pathlib import Path
 
 MODULES = (
     "edgeyolo.targets.profiles",
-    "edgeyolo.targets.check",
-    "edgeyolo.targets.adapt",
+    "edgeyolo.adapt.check",
+    "edgeyolo.adapt.rewrite",
     "edgeyolo.targets.parsing",
     "edgeyolo.targets.jetson.trtexec",
     "edgeyolo.targets.jetson.tegrastats",
@@ -34,7 +34,7 @@ def test_target_modules_import_without_torch():
         for name in {MODULES!r}:
             importlib.import_module(name)
         from edgeyolo.model.cfg import parse_cfg_text
-        from edgeyolo.targets.adapt import plan_adaptation
+        from edgeyolo.adapt.rewrite import plan_adaptation
         from edgeyolo.targets.profiles import get_target
         cfg = parse_cfg_text("[net]\\nwidth=32\\nheight=32\\n[convolutional]\\nfilters=8\\nactivation=mish\\n"
                              "[route]\\nlayers=-1\\ngroups=2\\ngroup_id=1\\n")

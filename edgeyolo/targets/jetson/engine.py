@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeyolo.errors import InputFileError, RemoteTimeout, UsageError
+from edgeyolo.targets.deploy import AGENT, MODELS, SIDECAR, deploy_plan, upload
 from edgeyolo.targets.jetson.trtexec import (
     EngineKey,
     TrtexecFailed,
@@ -39,7 +40,7 @@ from edgeyolo.targets.jetson.trtexec import (
     trtexec_command,
 )
 from edgeyolo.targets.parsing import ToolOutputError
-from edgeyolo.targets.profiles import Family, Precision, TargetProfile, get_target
+from edgeyolo.targets.profiles import Precision, TargetProfile, get_target
 from edgeyolo.targets.transport import BoardLock, LineSink, Progress, Transport
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ def ensure_engine(
     (a :class:`TrtexecFailed`) and leaves no engine behind.
     """
     prof = get_target(profile) if isinstance(profile, str) else profile
-    if prof.family is not Family.JETSON or prof.tensorrt is None:
+    if not prof.family_obj.builds_engine_on_board or prof.tensorrt is None:
         raise UsageError(f"{prof.name} is not a TensorRT target: engines are built on jetson-* boards")
     onnx_path = Path(onnx_local_path)
     if not onnx_path.is_file() or onnx_path.suffix.lower() != ".onnx":
@@ -331,8 +332,6 @@ def _ensure(
     calib: Path | None, timeout: float, on_log: LineSink | None, trtexec: str | None, workspace_mib: int | None,
     dla_core: int | None, trt_version: str | None, gpu: str | None, extra: Sequence[str], progress: Progress | None,
 ) -> EngineResult:
-    from edgeyolo.targets.runner import AGENT, MODELS, SIDECAR, deploy_plan, upload
-
     started = time.monotonic()
     dev = transport.device
     facts_onnx = onnx_facts(onnx_path)
@@ -449,7 +448,7 @@ def build_engine_local(
     """Build an engine with the tensorrt module of this machine (run it on the board itself: an engine
     is tied to the GPU and TensorRT version it was built with). INT8 needs a Q/DQ ONNX here."""
     from edgeyolo.errors import MissingDependencyError
-    from edgeyolo.model.io import atomic_write_bytes
+    from edgeyolo.fileio import atomic_write_bytes
 
     try:
         import tensorrt as trt

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeyolo.errors import TargetError, UsageError
-from edgeyolo.model.io import sha256_file as sha256_of  # noqa: F401 - part of this module's API
+from edgeyolo.fileio import sha256_file as sha256_of  # noqa: F401 - part of this module's API
 from edgeyolo.targets.parsing import ToolOutputError, require_text
-from edgeyolo.targets.profiles import Family, Precision, TargetProfile
+from edgeyolo.targets.profiles import Precision, TargetProfile
 
 Version = tuple[int, int, int]
 
@@ -93,7 +93,7 @@ def trtexec_command(
     (implicit); ``--int8`` alone would calibrate on random data, so it is refused. FP16 is enabled
     alongside INT8 so layers without an INT8 kernel do not fall back to FP32.
     """
-    if profile.family is not Family.JETSON or profile.tensorrt is None:
+    if not profile.family_obj.builds_engine_on_board or profile.tensorrt is None:
         raise UsageError(f"{profile.name} is not a TensorRT target; trtexec commands are for the jetson-* profiles")
     trt = profile.tensorrt
     p = profile.check_precision(precision or profile.default_precision)

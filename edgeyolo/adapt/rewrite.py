@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeyolo.adapt.check import Finding, Severity, check_cfg
 from edgeyolo.errors import VerificationError
 from edgeyolo.model.cfg import (
     Cfg,
@@ -38,7 +39,6 @@ from edgeyolo.model.cfg import (
     ShortcutSpec,
     infer_shapes,
 )
-from edgeyolo.targets.check import Finding, Severity, check_cfg
 from edgeyolo.targets.profiles import DARKNET_LEAKY_SLOPE, TargetProfile
 
 if TYPE_CHECKING:
@@ -333,8 +333,8 @@ def write_adapted(
     provenance: dict[str, Any] | None = None,
 ) -> list[Path]:
     """``model.cfg`` (+ ``model.weights`` when a model was adapted) and ``adapt.json`` listing each change."""
+    from edgeyolo.fileio import atomic_write_text
     from edgeyolo.model.cfg import format_cfg, parse_cfg
-    from edgeyolo.model.io import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

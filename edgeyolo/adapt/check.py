@@ -13,7 +13,7 @@ from typing import Any
 
 from edgeyolo.errors import InputFileError, MissingDependencyError, TargetError, UsageError
 from edgeyolo.model.cfg import Cfg, ConvSpec, MaxPoolSpec, RouteSpec, ShortcutSpec
-from edgeyolo.targets.profiles import DARKNET_LEAKY_SLOPE, Family, TargetProfile
+from edgeyolo.targets.profiles import DARKNET_LEAKY_SLOPE, TargetProfile
 
 
 class CheckFailed(TargetError):
@@ -83,7 +83,7 @@ class CheckReport:
 
 def check_cfg(cfg: Cfg, profile: TargetProfile, vai: str | None = None) -> CheckReport:
     """Every layer of ``cfg`` the target cannot run as written (``vai`` narrows a DPU to one image)."""
-    if vai is not None and profile.family is not Family.ZYNQ:
+    if vai is not None and not profile.dpu_images:
         raise UsageError(f"--vai selects a DPU board image; {profile.name} has none")
     images = profile.images(vai)
     labels = tuple(i.label for i in images)
@@ -196,7 +196,7 @@ STANDARD_DOMAINS = ("", "ai.onnx")
 
 def check_onnx(path: str | Path, profile: TargetProfile) -> CheckReport:
     """An ONNX file against the TensorRT the target's JetPack ships: opset, IR version, op domains."""
-    if profile.family is not Family.JETSON or profile.tensorrt is None:
+    if not profile.family_obj.builds_engine_on_board or profile.tensorrt is None:
         raise UsageError(
             f"{profile.name}: ONNX files are checked against a board's TensorRT (jetson-* targets); "
             "check the cfg for DPU targets, the host runs any ONNX onnxruntime loads"
