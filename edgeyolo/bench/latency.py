@@ -197,7 +197,7 @@ class LatencyTable:
         )
 
     def save(self, path: str | Path) -> Path:
-        from edgeyolo.model.io import atomic_write_text
+        from edgeyolo.fileio import atomic_write_text
 
         return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
 

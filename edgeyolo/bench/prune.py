@@ -265,9 +265,9 @@ class FineTune:
 
 def _finetune(model: Darknet, tune: FineTune, img_size: int, folder: Path) -> tuple[Darknet, float]:
     """Train a copy of ``model`` for ``tune.epochs``; returns the EMA model and the wall time."""
+    from edgeyolo.fileio import atomic_write_text
     from edgeyolo.model.cfg import format_cfg
     from edgeyolo.model.checkpoint import save_checkpoint
-    from edgeyolo.model.io import atomic_write_text
     from edgeyolo.train.trainer import TrainConfig, Trainer
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -97,7 +97,7 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> Path:
-    from edgeyolo.model.io import atomic_write_bytes
+    from edgeyolo.fileio import atomic_write_bytes
 
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -280,7 +280,7 @@ def plot_channels(comparisons: list[ChannelComparison], reference_name: str, pat
 
 def suite_report(run_dir: Path, out: Path) -> Report:
     """pareto.png, latency.png, channels.png, gamma.png and report.md of a bench suite folder."""
-    from edgeyolo.model.io import atomic_write_text
+    from edgeyolo.fileio import atomic_write_text
 
     preset, rows, wall_s = load_suite(run_dir / SUITE_FILE)
     report = Report("suite", out)
@@ -494,7 +494,7 @@ def plot_device(points: list[DevicePoint], path: Path) -> Path:
 
 def build_report(run_dir: Path, out: Path, build_markdown: Callable[[dict], str]) -> Report:
     """report.md (the build's own, plus figures and a Device section), stages.png and device.png."""
-    from edgeyolo.model.io import atomic_write_text
+    from edgeyolo.fileio import atomic_write_text
 
     manifest = _read_json(run_dir / MANIFEST_FILE, "manifest.json of edgeyolo build")
     if not isinstance(manifest.get("stages"), list):
@@ -623,7 +623,7 @@ def _epoch_line(row: dict) -> str:
 
 def train_report(run_dir: Path, out: Path) -> Report:
     """curves.png, sparsity.png (when the run was sparse training) and report.md of a training run."""
-    from edgeyolo.model.io import atomic_write_text
+    from edgeyolo.fileio import atomic_write_text
 
     config = _read_json(run_dir / TRAIN_FILES[0], "config.json of edgeyolo train")
     rows = read_metrics_csv(run_dir / TRAIN_FILES[1])
@@ -701,7 +701,7 @@ def history_report(db: Path | None, out: Path) -> Report:
     """Per target: mAP@0.5 against latency p50 of every device/artifact in the results history, the
     Pareto front marked (``pareto-<target>.png``), and a table with FPS/W where power was read."""
     from edgeyolo.bench.results import ResultsStore
-    from edgeyolo.model.io import atomic_write_text
+    from edgeyolo.fileio import atomic_write_text
 
     with ResultsStore(db, create=False) as store:
         points = history_points(store.runs(status="complete"))

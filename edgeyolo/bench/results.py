@@ -35,10 +35,13 @@ import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence
 
 from edgeyolo.errors import EdgeYoloError, InputFileError, UsageError
-from edgeyolo.model.io import sha256_file  # noqa: F401 - part of this module's API
+from edgeyolo.fileio import sha256_file, tree_sha256
+
+if TYPE_CHECKING:
+    from edgeyolo.targets.inventory import Device
 
 log = logging.getLogger(__name__)
 
@@ -607,6 +610,68 @@ def record_run(
     finally:
         if store is not db:
             store.close()
+
+
+class DeviceBenchRun:
+    """The results-database row of one board bench (``edgeyolo bench device --record``), open while
+    the board is benched: ``device`` is the board's inventory entry (connect with it, so the
+    inventory is read once); :meth:`store` takes the bench's payload."""
+
+    def __init__(self, run: RunRecorder, device: "Device"):
+        self.run = run
+        self.device = device
+
+    @property
+    def id(self) -> int:
+        return self.run.id
+
+    def store(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Take the metrics and board conditions of a ``bench device --json`` payload into the row;
+        returns what was recorded (the payload's ``recorded_run``: id, metrics, board_state, toolchain)."""
+        from edgeyolo.bench.board import bench_metrics, board_conditions
+
+        self.run.metrics.update(bench_metrics(dict(payload)))
+        state, toolchain = board_conditions(dict(payload))
+        self.run.board_state.update(state)
+        self.run.toolchain.update(toolchain)
+        return {"id": self.run.id, "metrics": self.run.metrics, "board_state": state, "toolchain": toolchain}
+
+
+@contextlib.contextmanager
+def record_device_bench(
+    db: "ResultsStore | str | Path | None" = None,
+    *,
+    device: "str | Device",
+    artifact: str | Path,
+    inventory: str | Path | None = None,
+    label: Optional[str] = None,
+    command: Optional[str] = None,
+) -> Iterator[DeviceBenchRun]:
+    """Record one board bench around a block::
+
+        with record_device_bench(db, device="nano", artifact=model) as run:
+            with connect(run.device) as transport:
+                payload = ...
+            payload["recorded_run"] = run.store(payload)
+
+    ``device`` is an inventory name (looked up in ``inventory``) or an entry already resolved; the
+    run is stored under its name and target. The row (kind 'board') is committed as 'running' before
+    the block, so a bench that never reaches the board is stored as 'failed' (see :func:`record_run`).
+    A bundle folder is hashed whole (:func:`edgeyolo.fileio.tree_sha256`); board state and toolchain
+    come from the payload only.
+    """
+    from edgeyolo.targets.connect import resolve_device
+
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise InputFileError(f"--model {artifact}: no such file or folder")
+    dev = resolve_device(device, inventory)
+    sha = tree_sha256(artifact) if artifact.is_dir() else sha256_file(artifact)
+    with record_run(
+        db, kind="board", target=dev.target, device=dev.name, artifact=artifact.resolve(), artifact_sha256=sha,
+        label=label, command=command, board_state={}, toolchain={},
+    ) as run:
+        yield DeviceBenchRun(run, dev)
 
 
 # ---------------------------------------------------------------------- comparing runs

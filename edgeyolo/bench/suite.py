@@ -228,7 +228,7 @@ class Suite:
         return self.out / STEPS_DIR / f"{name}.json"
 
     def _record(self, row: Row, model: _Model | None) -> None:
-        from edgeyolo.model.io import atomic_write_text
+        from edgeyolo.fileio import atomic_write_text
 
         doc = {
             "command": row.command, "status": row.status, "wall_s": row.wall_s, "notes": row.notes,
@@ -269,9 +269,9 @@ class Suite:
     @staticmethod
     def _cfg_of(weights: Path) -> Path:
         """Write a checkpoint's cfg next to it, so later commands can take --cfg."""
+        from edgeyolo.fileio import atomic_write_text
         from edgeyolo.model.cfg import format_cfg
         from edgeyolo.model.checkpoint import checkpoint_cfg
-        from edgeyolo.model.io import atomic_write_text
 
         path = weights.with_suffix(".cfg")
         atomic_write_text(path, format_cfg(checkpoint_cfg(weights)))
@@ -350,7 +350,7 @@ class Suite:
     # ------------------------------------------------------------------ output
 
     def _write(self, wall_s: float) -> None:
-        from edgeyolo.model.io import atomic_write_text
+        from edgeyolo.fileio import atomic_write_text
 
         doc = {"preset": asdict(self.p), "wall_s": round(wall_s, 1), "rows": [asdict(r) for r in self.rows]}
         atomic_write_text(self.out / SUITE_FILE, json.dumps(doc, indent=1, default=str))

@@ -1,20 +1,32 @@
-"""The ``edgeyolo`` command. The only place that prints or exits; errors become one line + exit code."""
+"""The ``edgeyolo`` command: the root app with every command module registered, and ``main``.
+
+The CLI is the only place that prints or exits; :func:`edgeyolo.cli.invoke.invoke` turns errors into
+one line and an exit code."""
 from __future__ import annotations
 
 import logging
 import sys
 
-import click
 import typer
 
 from edgeyolo import __version__
-from edgeyolo.errors import EdgeYoloError
-
-# typer >= 0.2x vendors click as ``typer._click``: its exceptions are not the ``click`` package's, so
-# catch both (with only click's, a missing option or a bad value escaped as a traceback).
-_CLICK_ERRORS = tuple({click.ClickException, getattr(typer.exceptions, "TyperException", click.ClickException)})
-_EXIT = tuple({click.exceptions.Exit, typer.Exit})
-_ABORT = tuple({click.exceptions.Abort, typer.Abort})
+from edgeyolo.cli import (
+    bench,
+    build,
+    data,
+    detect,
+    device,
+    export,
+    info,
+    prune,
+    quantize,
+    report,
+    results,
+    targets,
+    test,
+    train,
+)
+from edgeyolo.cli.invoke import invoke
 
 app = typer.Typer(
     name="edgeyolo",
@@ -39,63 +51,17 @@ def _root(
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _register() -> None:
-    from edgeyolo.cli import bench, build, data, detect, device, export, info, prune, quantize, report, results, synth, targets, test, train
+# Every command module exposes ``register(app)``: it adds its commands, or its group with its own
+# sub-app. 'edgeyolo --help' lists the plain commands, then the groups, each in this order.
+COMMAND_MODULES = (info, detect, test, train, prune, quantize, build, report, targets, device, export, bench, results, data)
 
-    info.register(app)
-    detect.register(app)
-    test.register(app)
-    train.register(app)
-    prune.register(app)
-    quantize.register(app)
-    build.register(app)
-    report.register(app)
-    targets.register(app)  # targets list|show, check, adapt
-    device.register(app)  # deploy, doctor
-    app.add_typer(export.app, name="export")
-    app.add_typer(bench.app, name="bench")
-    app.add_typer(results.app, name="results")
-    data.app.command("synth")(synth.synth)
-    app.add_typer(data.app, name="data")
-
-
-_register()
+for _module in COMMAND_MODULES:
+    _module.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
-    try:
-        code = app(args=args, prog_name="edgeyolo", standalone_mode=False)
-        if isinstance(code, int):  # ``raise typer.Exit(n)`` in a command: click returns n here
-            return code
-    except _EXIT as exc:
-        return exc.exit_code
-    except _ABORT:
-        typer.echo("aborted", err=True)
-        return 130
-    except _CLICK_ERRORS as exc:
-        ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError":
-            exc.show()  # no arguments: the help text is the answer
-        else:
-            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
-        return exc.exit_code
-    except EdgeYoloError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        return exc.exit_code
-    except OSError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {exc.strerror or exc}: {exc.filename}" if exc.filename else f"error: {exc}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
-    return 0
+    """``edgeyolo ARGV`` (default: this process's arguments); returns the exit code."""
+    return invoke(app, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

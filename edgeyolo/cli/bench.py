@@ -1,4 +1,4 @@
-"""``edgeyolo bench host``: end-to-end latency per backend on this machine."""
+"""``edgeyolo bench``: host latency, int8, trainer, pruning and compression benchmarks, and board benchmarks."""
 from __future__ import annotations
 
 import json
@@ -7,19 +7,21 @@ from typing import List, Optional
 
 import typer
 
+from edgeyolo.cli import render
+from edgeyolo.cli.board import (
+    BuildTimeoutOpt,
+    CalibOpt,
+    DeviceOpt,
+    InventoryOpt,
+    PrecisionOpt,
+    TrtexecOpt,
+    TrustOpt,
+    connect_board,
+    upload_progress,
+)
 from edgeyolo.cli.common import ImgSizeOpt, ModelCfgOpt, check_img_size, darknet_files, load_cli_model
 
 app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
-
-
-def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...] = ()):
-    """A rich table whose columns are right-aligned numbers except the ``left`` (text) ones."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col, justify="left" if col in left else "right")
-    return table
 
 
 @app.command("host")
@@ -77,7 +79,7 @@ def host(
         payload = {"cfg": cfg or str(weights), "img_size": size, "gflops": gflops, "gemm_gflops_per_s": ceiling, "results": [r.to_dict() for r in results]}
         typer.echo(json.dumps(payload, indent=1))
         return
-    table = _table(
+    table = render.table(
         f"{cfg or weights} @ {size}, {threads} threads, {runs} runs, {gflops:.2f} GFLOP (conv)",
         ("backend", "pre ms", "infer ms (p50/p90)", "post ms", "total ms (p50/p90)", "GFLOP/s", "% GEMM", "vs slowest"),
     )
@@ -135,7 +137,7 @@ def int8(
     if as_json:
         typer.echo(json.dumps({"cfg": cfg or str(weights), **r.to_dict()}, indent=1))
         return
-    table = _table(
+    table = render.table(
         f"{cfg or weights} @ {size}, onnxruntime, {threads} threads, {runs} interleaved runs; {r.scored_images} scored images "
         f"({r.reference_boxes} float boxes), {r.calibration_images} calibration images",
         ("model", "infer ms (p50/p90)", "vs fp32", "mAP@0.5 vs float detections"),
@@ -173,7 +175,7 @@ def train_step(
     if rounds < 1:
         raise UsageError(f"--rounds must be at least 1, got {rounds}")
     r = bench_train_step(cfg, img_size, batch_size, images, workers, sparse=sparse, cache=cache, rounds=rounds)
-    table = _table(
+    table = render.table(
         f"{cfg} @ {img_size}, batch {batch_size}, {images} images, {workers} workers, cache {'on' if cache else 'off'}",
         ("round", "bare fwd+bwd img/s", "bare + loss img/s", "trainer img/s", "trainer / bare", "the loss", "data wait",
          "faults/step trainer, bare"),
@@ -221,7 +223,7 @@ def prune_speed(
     if as_json:
         typer.echo(json.dumps({"cfg": cfg, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
         return
-    table = _table(
+    table = render.table(
         f"prune speed: {cfg}, {'median of ' + str(repeats) if repeats > 1 else 'one run'} per method",
         ("method", "seconds", "CLI seconds", "stages", "conv channels", "BFLOPs", "note"),
         left=("method", "note"),
@@ -275,7 +277,7 @@ def prune_latency(
         payload = [{**dataclasses.asdict(r), "speedup": r.speedup, "exponent": r.exponent} for r in rows]
         typer.echo(json.dumps({"cfg": cfg, "img_size": img_size, "threads": threads, "rows": payload}, indent=1))
         return
-    table = _table(
+    table = render.table(
         f"prune latency: {cfg} @ {img_size}, onnxruntime {threads} threads, {runs} interleaved runs",
         ("model", "percent", "GFLOP (conv)", "FLOPs ×", f"convs not ×{ALIGNMENT}", "infer ms (p50/p90)", "latency ×", "speed-up", "α"),
         left=("model",),
@@ -330,7 +332,7 @@ def prune_accuracy(
         typer.echo(json.dumps({"weights": str(weights), "img_size": size, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
         return
     tuned = f"fine-tune {finetune_epochs} epochs" if finetune_epochs > 0 else "no fine-tune"
-    table = _table(
+    table = render.table(
         f"prune accuracy: {weights.name} @ {size}, percent {percent}, {tuned}",
         ("method", "params", "BFLOPs", "mAP@0.5 before → after", "after fine-tune", "infer ms before → after", "note"),
         left=("method", "note"),
@@ -398,7 +400,7 @@ def prune_deep(
         typer.echo(json.dumps({"weights": str(weights), "img_size": img, "keep": keep, "size": size, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
         return
     base = rows[0]
-    table = _table(
+    table = render.table(
         f"deep pruning: {weights.name} @ {img}, to {keep:g} of the {size} in {len(per_step)} steps, fine-tune {epochs} epochs (lr0 {lr0:g})",
         ("model", "goal", "params", "BFLOPs", "infer ms p50", "mAP@0.5 at the cut", "mAP@0.5", "epochs", "wall s"),
         left=("model",),
@@ -494,7 +496,7 @@ def latency_prune(
         typer.echo(json.dumps(payload, indent=1))
         return
     scored = data is not None
-    out = _table(
+    out = render.table(
         f"latency-targeted pruning: {cfg} @ {img_size}, mode {mode}, onnxruntime {threads} threads, {runs} interleaved runs",
         ("target", "method", "setting", "pred ms", "meas ms (×unpruned)", "error", "params", "BFLOPs")
         + (("mAP@0.5",) if scored else ())
@@ -532,22 +534,155 @@ def latency_prune(
 
 @app.command("suite")
 def suite(
+    ctx: typer.Context,
     preset: str = typer.Option("smoke", "--preset", help="smoke (minutes; not representative) | full (the published table)."),
     out: Path = typer.Option(..., "--out", help="Folder: data/, runs/, prune/, quant/, suite.json, suite.md."),
     as_json: bool = typer.Option(False, "--json", help="Print suite.json instead of the table."),
 ) -> None:
     """The compression table end to end on the synthetic set: every row an edgeyolo command, measured alike."""
     from edgeyolo.bench.suite import SUITE_FILE, TABLE_FILE, Suite, get_preset
-    from edgeyolo.cli.app import main
+    from edgeyolo.cli.invoke import root_runner
 
     chosen = get_preset(preset)
     if not chosen.representative:
         typer.echo("smoke preset: checks the plumbing end to end; its numbers are not representative")
-    Suite(chosen, out, run=main, echo=(lambda _: None) if as_json else typer.echo).run()
+    Suite(chosen, out, run=root_runner(ctx), echo=(lambda _: None) if as_json else typer.echo).run()
     typer.echo((out / (SUITE_FILE if as_json else TABLE_FILE)).read_text(encoding="utf-8"))
 
 
-from edgeyolo.cli.device import bench_deploy_throughput, bench_device  # noqa: E402 - board commands live with deploy
 
-app.command("device")(bench_device)
-app.command("deploy-throughput")(bench_deploy_throughput)
+
+@app.command("device")
+def bench_device(
+    device: str = DeviceOpt,
+    model: Path = typer.Option(..., "--model", help="Model file (.onnx/.engine/.xmodel) or a bundle folder."),
+    duration: float = typer.Option(30.0, "--duration", help="Timed seconds per phase (1 stream, then N)."),
+    warmup: float = typer.Option(3.0, "--warmup", help="Untimed seconds before each phase."),
+    threads: int = typer.Option(0, "--threads", help="Streams of the second phase (0: min(4, board CPUs))."),
+    ort_threads: int = typer.Option(0, "--ort-threads", help="onnxruntime intra-op threads on the board (0: its default)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Images to time on (default: seeded noise)."),
+    map_data: Optional[Path] = typer.Option(None, "--map", help="Also score mAP on this dataset's val split (host-side)."),
+    metric: str = typer.Option("coco", "--metric", help="coco | voc07 | voc12 (with --map)."),
+    engine: Optional[bool] = typer.Option(
+        None, "--engine/--no-engine", help="On a jetson-* device an .onnx is timed as its TensorRT engine built on the board; --no-engine times the ONNX with onnxruntime."
+    ),
+    precision: Optional[str] = PrecisionOpt,
+    calib: Optional[Path] = CalibOpt,
+    trtexec: Optional[str] = TrtexecOpt,
+    build_timeout: float = BuildTimeoutOpt,
+    inventory: Optional[Path] = InventoryOpt,
+    trust_new_host_key: bool = TrustOpt,
+    record: bool = typer.Option(False, "--record", help="Store the run in the results database (see 'edgeyolo results')."),
+    db: Optional[Path] = typer.Option(
+        None, "--db", help="Results database for --record (default: $EDGEYOLO_RESULTS_DB, else $XDG_DATA_HOME/edgeyolo/results.sqlite)."
+    ),
+    label: Optional[str] = typer.Option(None, "--label", help="With --record: label the run (e.g. a baseline name for 'results check')."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Deploy and time a model on a board: FPS (1 and N streams), latency p50/p90/p99, pre/infer/post, power."""
+    import contextlib
+    import shlex
+    import sys
+
+    if (db is not None or label is not None) and not record:
+        from edgeyolo.errors import UsageError
+
+        raise UsageError("--db and --label only apply with --record")
+    if record:
+        from edgeyolo.bench.results import record_device_bench
+
+        # committed as 'running' before the board is touched; the inventory is read once, here
+        recording = record_device_bench(db, device=device, inventory=inventory, artifact=model, label=label,
+                                        command=shlex.join(["edgeyolo", *sys.argv[1:]]))
+    else:
+        recording = contextlib.nullcontext()
+    build = {"engine": engine, "precision": precision, "calib_cache": calib, "trtexec": trtexec, "build_timeout": build_timeout}
+    with recording as run:
+        _bench_device(device, model, duration, warmup, threads, ort_threads, images, map_data, metric, inventory,
+                      trust_new_host_key, as_json, run, build)
+
+
+def _bench_device(device, model, duration, warmup, threads, ort_threads, images, map_data, metric, inventory,
+                  trust_new_host_key, as_json, run, build) -> None:
+    from rich.console import Console
+
+    from edgeyolo.bench.board_accuracy import predict_on_device
+    from edgeyolo.errors import TargetError
+    from edgeyolo.targets.runner import bench_device as run_bench
+
+    with connect_board(device if run is None else run.device, inventory, trust_new_host_key) as transport:
+        log = transport.on_stderr
+        result = run_bench(transport, model, duration, warmup, threads, ort_threads, images, on_log=log, progress=upload_progress(),
+                           **build)
+        evaluation = None
+        if map_data is not None and result.error is None:
+            from edgeyolo.data.formats import load_dataset
+
+            evaluation = predict_on_device(transport, model, load_dataset(map_data, "val"), metric, on_log=log, **build)
+    payload = result.to_dict()
+    if evaluation is not None:
+        payload["accuracy"] = {"data": str(map_data), "metric": metric, "skipped": evaluation.skipped, **evaluation.result.to_dict()}
+    if run is not None:
+        payload["recorded_run"] = run.store(payload)
+    if as_json:
+        typer.echo(json.dumps(payload, indent=1, default=str))
+    else:
+        fmt = render.number_or_dash
+        size = "x".join(map(str, result.input_size))
+        out = render.table(
+            f"{device}: {Path(result.model).name} on {result.backend} {result.runtime_version} @ {size}"
+            + (f", {result.power_mode}" if result.power_mode else ""),
+            ("streams", "frames", "FPS", "latency ms p50 / p90 / p99", "pre / infer / post ms", "W", "FPS/W"),
+        )
+        for p in result.phases:
+            out.add_row(
+                str(p.streams), str(p.frames) + ("" if p.complete else " (partial)"), f"{p.fps:.1f}",
+                f"{fmt(p.latency_ms.p50)} / {fmt(p.latency_ms.p90)} / {fmt(p.latency_ms.p99)}",
+                f"{fmt(p.pre_ms, '.2f')} / {fmt(p.infer_ms, '.2f')} / {fmt(p.post_ms, '.2f')}",
+                fmt(p.power_w, ".2f"), fmt(p.fps_per_w, ".2f"),
+            )
+        console = Console(width=140)
+        console.print(out)
+        if result.engine is not None:
+            e, t = result.engine, result.engine.get("trtexec") or {}
+            console.print(f"engine {'cached' if e['cached'] else 'built'}: {e['engine']} ({e['precision']}, TensorRT {e['tensorrt']}, {e['gpu']})"
+                          + (f"; trtexec measured {t['throughput_qps']:.1f} qps" if t.get("throughput_qps") else ""))
+        d = result.deploy
+        if d is not None:
+            console.print(f"deploy: {d.unchanged}/{len(d.uploads)} files unchanged, {render.size_text(d.bytes_sent)} sent; "
+                          f"results in {result.results_file} on the board")
+        if evaluation is not None:
+            r = evaluation.result
+            console.print(f"{metric} on {map_data} (scored on the host, {r.num_images} images): mAP@0.5 {r.map50:.4f}   mAP@0.5:0.95 {r.map50_95:.4f}")
+    if result.error is not None:
+        if run is not None:  # raised inside the recording: the run is stored as 'failed', never gated on
+            raise TargetError(f"the run did not finish (recorded as failed run {run.id}): {result.error}")
+        typer.echo(f"warning: the run did not finish; the table shows what was timed before: {result.error}", err=True)
+        raise typer.Exit(TargetError.exit_code)
+    if run is not None and not as_json:
+        typer.echo(f"recorded run {run.id}")
+
+
+@app.command("deploy-throughput")
+def bench_deploy_throughput(
+    device: str = DeviceOpt,
+    size_mb: int = typer.Option(128, "--size-mb", help="Size of the random payload."),
+    inventory: Optional[Path] = InventoryOpt,
+    trust_new_host_key: bool = TrustOpt,
+) -> None:
+    """Upload speed of edgeyolo's SFTP transport vs scp on the same link (not a test: prints a table)."""
+    from rich.console import Console
+
+    from edgeyolo.targets.runner import upload_throughput
+
+    with connect_board(device, inventory, trust_new_host_key) as transport:
+        rows = upload_throughput(transport, size_mb)
+    out = render.table(f"upload of {size_mb} MB to {device}", ("method", "seconds", "MB/s"), left=("method",))
+    for r in rows:
+        out.add_row(r.method, f"{r.seconds:.2f}", f"{r.mb_per_s:.0f}" if r.megabytes else "—")
+    Console(width=120).print(out)
+
+
+def register(root: typer.Typer) -> None:
+    """The ``bench`` group."""
+    root.add_typer(app, name="bench")

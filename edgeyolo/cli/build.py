@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from edgeyolo.cli.board import TrustOpt
+
 
 def build(
     target: str = typer.Option(..., "--target", help="Target profile (edgeyolo targets list)."),
@@ -17,6 +19,7 @@ def build(
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe.yaml overriding the stage settings."),
     device: Optional[str] = typer.Option(None, "--device", help="Inventory name of a board: deploy and benchmark there."),
     inventory: Optional[Path] = typer.Option(None, "--inventory", help="devices.yaml (default: $EDGEYOLO_DEVICES, ./devices.yaml or ~/.config/edgeyolo/devices.yaml)."),
+    trust_new_host_key: bool = TrustOpt,
     train_device: str = typer.Option("cpu", "--train-device", help="cpu | cuda:N for the training stages."),
     img_size: Optional[int] = typer.Option(None, "--img-size", "--img_size", help="Input size (overrides the recipe)."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Prune to this frame rate (onnxruntime on this host) instead of a percent."),
@@ -46,7 +49,7 @@ def build(
     request = BuildRequest(
         target=target, out=out, cfg=cfg, weights=str(weights) if weights else None, data=str(data) if data else None,
         precision=precision, recipe=chosen, device=device, inventory=str(inventory) if inventory else None,
-        train_device=train_device, demo=demo, latency_ms=target_ms,
+        train_device=train_device, demo=demo, latency_ms=target_ms, trust_new_host_key=trust_new_host_key,
     )
     echo = (lambda _: None) if as_json else typer.echo
     if demo:

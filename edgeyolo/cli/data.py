@@ -1,4 +1,4 @@
-"""``edgeyolo data convert|tile|check|stats|anchors``: dataset conversion, tiling, health checks, box stats, anchors.
+"""``edgeyolo data convert|tile|check|stats|anchors|synth``: dataset conversion, tiling, health checks, box stats, anchors.
 
 Label problems are printed as ``file:line: message`` lines and fail a command only with
 ``data check --strict``; otherwise only a dataset that cannot be read at all (an ``EdgeYoloError``)
@@ -11,8 +11,9 @@ from typing import Optional
 
 import typer
 
+from edgeyolo.cli.synth import synth
 from edgeyolo.errors import UsageError
-from edgeyolo.model.io import check_output_file
+from edgeyolo.fileio import check_output_file
 
 app = typer.Typer(help="Convert, check and measure detection datasets; compute anchors.", no_args_is_help=True)
 
@@ -316,3 +317,11 @@ def anchors_cmd(
         from edgeyolo.model.cfg import write_cfg
 
         typer.echo(f"wrote {write_cfg(write_anchors(parsed, anchors), out)}")
+
+
+app.command("synth")(synth)  # last: 'data --help' lists it after the commands above
+
+
+def register(root: typer.Typer) -> None:
+    """The ``data`` group."""
+    root.add_typer(app, name="data")

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from edgeyolo.cli.common import CfgOpt, ImgSizeOpt, ModelCfgOpt, WeightsOpt, check_img_size, load_cli_model
-from edgeyolo.model.io import check_output_file
+from edgeyolo.fileio import check_output_file
 
 app = typer.Typer(help="Write a model as ONNX, darknet cfg+weights or an edgeyolo checkpoint.", no_args_is_help=True)
 
@@ -25,7 +25,7 @@ def _command() -> str:
 
 
 def _provenance(weights: Optional[Path], random_init: bool, seed: int) -> dict[str, str]:
-    from edgeyolo.model.io import sha256_file
+    from edgeyolo.fileio import sha256_file
 
     source = sha256_file(weights) if weights else f"random-init:seed={seed}"
     return {"source_sha256": source, "command": _command()}
@@ -94,8 +94,8 @@ def darknet_cmd(
     if random_init:
         import torch
 
-        from edgeyolo.model.init import synthetic_images, calibration_batch
         from edgeyolo.contract import Contract, channel_order_for
+        from edgeyolo.model.init import calibration_batch, synthetic_images
 
         size = img_size or model.cfg.net.height
         channel_order = channel_order_for(model.cfg.net.channels)
@@ -138,7 +138,7 @@ def qdq_cmd(
     """QuantizeLinear/DequantizeLinear ONNX for TensorRT explicit quantization, verified code for code."""
     from edgeyolo.compress.quant import load_quantized
     from edgeyolo.export.qdq import export_qdq
-    from edgeyolo.model.io import sha256_file
+    from edgeyolo.fileio import sha256_file
 
     check_img_size(img_size)
     check_output_file(out, "--out")
@@ -227,9 +227,9 @@ def vitis_cmd(
     vitis_sim_map: Optional[float] = typer.Option(None, "--vitis-sim-map", help="mAP@0.5 measured with `quantize --vitis-sim`, written into the bundle README."),
 ) -> None:
     """Vitis AI bundle (standalone model.py, vai_q_pytorch + vai_c_xir scripts, prototxt) for a Xilinx DPU, verified."""
+    from edgeyolo.adapt.dpu import dpu_arch
     from edgeyolo.cli.quantize import _calib_images
     from edgeyolo.export.vitis import VAI_IMAGES, export_vitis
-    from edgeyolo.targets.profiles import dpu_arch
 
     check_img_size(img_size)
     if vai not in VAI_IMAGES:
@@ -264,3 +264,8 @@ def engine_cmd(
     check_output_file(out, "--out")
     path = build_engine_local(onnx, out, precision, workspace)
     typer.echo(f"wrote {path} ({precision})")
+
+
+def register(root: typer.Typer) -> None:
+    """The ``export`` group."""
+    root.add_typer(app, name="export")

@@ -93,8 +93,8 @@ def prune(
         typer.echo(f"{line}; dry run, nothing written")
         return
     from edgeyolo.compress.prune.artifacts import write_artifacts
+    from edgeyolo.fileio import sha256_file
     from edgeyolo.model.checkpoint import Provenance
-    from edgeyolo.model.io import sha256_file
 
     source = sha256_file(weights) if weights else f"random-init:seed={seed}"
     command = "edgeyolo " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from edgeyolo.cli.bench import _table
+from edgeyolo.cli import render
 
 app = typer.Typer(help="Benchmark results history (SQLite) and the noise-aware regression gate.", no_args_is_help=True)
 
@@ -55,7 +55,7 @@ def list_runs(
     if not runs:
         typer.echo("no runs match")
         return
-    table = _table(
+    table = render.table(
         f"{len(runs)} run{'s' if len(runs) != 1 else ''}, newest first",
         ("id", "started (UTC)", "status", "kind", "target", "device", "artifact", "ref", "metrics"),
         left=("started (UTC)", "status", "kind", "target", "device", "artifact", "ref", "metrics"),
@@ -79,7 +79,7 @@ def show(run_id: int = typer.Argument(..., help="Run id."), db: Optional[Path] =
         typer.echo(json.dumps(run.to_dict(), indent=1))
         return
     console = _console()
-    info = _table(f"run {run.id}", ("field", "value"), left=("field", "value"))
+    info = render.table(f"run {run.id}", ("field", "value"), left=("field", "value"))
     for name in ("status", "kind", "target", "device", "label", "started", "finished", "artifact", "artifact_sha256",
                  "command", "git_rev", "error"):
         value = getattr(run, name)
@@ -89,7 +89,7 @@ def show(run_id: int = typer.Argument(..., help="Run id."), db: Optional[Path] =
         for key, value in sorted(_flat(getattr(run, section)).items()):
             info.add_row(f"{section}.{key}", json.dumps(value) if not isinstance(value, str) else value)
     console.print(info)
-    metrics = _table("metrics", ("metric", "value", "unit"), left=("metric", "unit"))
+    metrics = render.table("metrics", ("metric", "value", "unit"), left=("metric", "unit"))
     for name, value in run.metrics.items():
         metrics.add_row(name, _fmt(value), run.units.get(name, ""))
     console.print(metrics)
@@ -120,7 +120,7 @@ def compare(
         typer.echo(json.dumps({"a": a, "b": b, "metrics": rows,
                                "state_differences": [{"field": d.field, "values": d.values} for d in diffs]}, indent=1))
         return
-    table = _table(
+    table = render.table(
         f"run {a} ({ra.target}/{ra.artifact_name or '-'}) vs run {b} ({rb.target}/{rb.artifact_name or '-'})",
         ("metric", f"run {a}", f"run {b}", "change"), left=("metric",),
     )
@@ -156,7 +156,7 @@ def plot(
     import matplotlib.pyplot as plt
 
     from edgeyolo.errors import UsageError
-    from edgeyolo.model.io import check_output_file
+    from edgeyolo.fileio import check_output_file
 
     check_output_file(out, "--out")
     with _open(db) as store:
@@ -252,3 +252,8 @@ def check(
     elif result.verdict == "pass":
         typer.echo(result.describe())
     result.raise_for_verdict()  # the CLI prints it as one 'error:' message and exits 1 or 2
+
+
+def register(root: typer.Typer) -> None:
+    """The ``results`` group."""
+    root.add_typer(app, name="results")

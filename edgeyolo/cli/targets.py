@@ -87,8 +87,8 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List what the target cannot run; exit code 1 when something is unsupported (or changed, with --strict)."""
+    from edgeyolo.adapt.check import check_cfg, check_onnx
     from edgeyolo.errors import UsageError
-    from edgeyolo.targets.check import check_cfg, check_onnx
     from edgeyolo.targets.profiles import get_target
 
     if (cfg is None) == (onnx is None):
@@ -128,9 +128,9 @@ def adapt(
     img_size: Optional[int] = ImgSizeOpt,
 ) -> None:
     """Rewrite the model for the target: exact rewrites keep the weights; the others report their output delta."""
+    from edgeyolo.adapt.rewrite import plan_adaptation, write_adapted
     from edgeyolo.model.cfg import parse_cfg
     from edgeyolo.model.zoo import resolve_cfg
-    from edgeyolo.targets.adapt import plan_adaptation, write_adapted
     from edgeyolo.targets.profiles import get_target
 
     check_img_size(img_size)
@@ -140,10 +140,10 @@ def adapt(
     result = None
     provenance: dict[str, object] = {"cfg": str(source_cfg), "command": "edgeyolo " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
     if weights is not None or random_init:
+        from edgeyolo.adapt.rewrite import adapt_model
         from edgeyolo.cli.common import load_cli_model
         from edgeyolo.contract import Contract, channel_order_for
         from edgeyolo.model.init import calibration_batch, synthetic_images
-        from edgeyolo.targets.adapt import adapt_model
 
         model = load_cli_model(str(source_cfg), weights, random_init, seed, img_size=img_size)
         size = img_size or model.cfg.net.height
@@ -151,7 +151,7 @@ def adapt(
         batch = calibration_batch(contract, synthetic_images(2, size, size, seed))
         result = adapt_model(model, plan, batch)
         if weights is not None:
-            from edgeyolo.model.io import sha256_file
+            from edgeyolo.fileio import sha256_file
 
             provenance["weights"] = str(weights)
             provenance["weights_sha256"] = sha256_file(weights)

@@ -31,8 +31,8 @@ def test(
     from rich.table import Table
 
     from edgeyolo.data.formats import load_dataset
+    from edgeyolo.fileio import atomic_write_text, check_output_file
     from edgeyolo.log import track
-    from edgeyolo.model.io import atomic_write_text, check_output_file
     from edgeyolo.runtime.evaluate import evaluate_model
     from edgeyolo.runtime.sliced import Slicing
     from edgeyolo.train.metrics import coco_detections_json

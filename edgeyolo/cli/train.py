@@ -6,7 +6,6 @@ from typing import List, Optional
 
 import typer
 
-
 FLOAT_LR0, QAT_LR0 = 0.01, 0.001
 
 
@@ -22,7 +21,7 @@ def train(
         16, "--batch-size", "--batch_size", help="Images per mini-batch (gradients accumulate to 64, or one epoch's when fewer)."
     ),
     epochs: int = typer.Option(100, "--epochs", help="Epochs."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
+    device: str = typer.Option("cpu", "--train-device", "--device", help="cpu | cuda | cuda:N."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run folder from its last finished epoch."),
     out: Path = typer.Option(Path("runs"), "--out", help="Folder of run folders."),
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default expN)."),

@@ -57,16 +57,17 @@ def _summary_lines(stages: list[dict[str, Any]]) -> list[str]:
 
 def next_steps(manifest: dict[str, Any]) -> list[str]:
     """What to run on a real board of the build's target, with this build's paths."""
-    from edgeyolo.targets.profiles import Family, get_target
+    from edgeyolo.targets.profiles import get_target
 
     profile = get_target(manifest["target"])
+    family = profile.family_obj
     artifact = manifest["artifact"]
-    name = profile.name.split("-")[-1] if profile.family is Family.JETSON else "board"
+    name = family.device_name(profile)
     data = manifest["request"].get("data") or (str(Path(artifact).parents[2] / "demo-data" / "data.yaml") if manifest.get("demo") else None)
     lines = ["## Next: run it on a real board", ""]
-    if profile.family is Family.ZYNQ:
+    if family.compile_command:
         return lines + [
-            f"Compile the bundle in the Vitis AI image first: `{manifest['commands'].get('quantize+compile', 'docker/vitis-ai/run.sh BUNDLE')}`; "
+            f"Compile the bundle in the Vitis AI image first: `{manifest['commands'].get('quantize+compile', family.compile_command)}`; "
             "then `edgeyolo deploy` the compiled xmodel folder as below.", "",
         ]
     lines += [
@@ -77,7 +78,7 @@ def next_steps(manifest: dict[str, Any]) -> list[str]:
         f"  {name}:",
         f"    target: {profile.name}",
         "    host: 192.168.1.20        # the board's address, or a Host alias of ~/.ssh/config",
-        "    user: jetson" if profile.family is Family.JETSON else "    user: root",
+        f"    user: {family.default_user}",
         "    key_file: ~/.ssh/id_ed25519",
         "```",
         "",
@@ -85,18 +86,18 @@ def next_steps(manifest: dict[str, Any]) -> list[str]:
         "",
         "```bash",
         f"edgeyolo doctor --device {name}",
-        f"edgeyolo deploy --device {name} {artifact}" + (" --engine" if profile.family is Family.JETSON else ""),
+        f"edgeyolo deploy --device {name} {artifact}" + (" --engine" if family.builds_engine_on_board else ""),
         f"edgeyolo bench device --device {name} --model {artifact}" + (f" --map {data}" if data else ""),
         "```",
         "",
         "3. On the board, in its workdir (`~/edgeyolo`), the detector on a camera or a video file "
-        + ("(`--model` the engine path that `deploy --engine` printed, or the ONNX):" if profile.family is Family.JETSON else "(`--model` the ONNX):"),
+        + ("(`--model` the engine path that `deploy --engine` printed, or the ONNX):" if family.builds_engine_on_board else "(`--model` the ONNX):"),
         "",
         "```bash",
         f"python3 agent.py app --model models/{Path(artifact).name} --source 0 --output out.mp4",
         "```",
         "",
     ]
-    if profile.family is Family.JETSON:
-        lines += ["Benchmark with `sudo nvpmodel -m 0` and `sudo jetson_clocks` first; `doctor` reports both.", ""]
+    if family.bench_hint:
+        lines += [family.bench_hint, ""]
     return lines

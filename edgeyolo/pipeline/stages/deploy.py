@@ -26,8 +26,9 @@ class DeployStage(Stage):
 
     def skip_reason(self, build: Build) -> str | None:
         req = build.request
-        if req.device and build.profile.family.value == "zynq":
-            return "the xmodel is compiled in the Vitis AI image (docker/vitis-ai/run.sh BUNDLE); then edgeyolo deploy"
+        compile_command = build.profile.family_obj.compile_command
+        if req.device and compile_command:
+            return f"the xmodel is compiled in the Vitis AI image ({compile_command}); then edgeyolo deploy"
         return None if req.device else "no --device named"
 
     def run(self, build: Build, art: Artifact, folder: Path) -> tuple[Artifact, dict[str, Any]]:

@@ -33,10 +33,9 @@ class ExportStage(Stage):
         from edgeyolo.adapt.check import check_onnx
         from edgeyolo.export.onnx import DEFAULT_OPSET
         from edgeyolo.model.checkpoint import load_model
-        from edgeyolo.targets.profiles import Family
 
         r, p = build.recipe, build.profile
-        if p.family is Family.ZYNQ:
+        if p.family_obj.export_format == "vitis":
             return _export_vitis(build, art, folder)
         onnx_path = folder / "model.onnx"
         opset = min(p.tensorrt.max_opset, DEFAULT_OPSET) if p.tensorrt else DEFAULT_OPSET
@@ -69,7 +68,7 @@ class ExportStage(Stage):
             model = load_model(art.cfg, art.weights)
             metrics.update(build.evaluate_onnx(onnx_path, model.cfg.net.channels, fp16=build.precision == "fp16"))
             metrics.update(size_metrics(model, r.img_size))
-        if p.family is Family.JETSON:  # what the board's TensorRT parses: opset, IR, operators
+        if p.family_obj.builds_engine_on_board:  # what the board's TensorRT parses: opset, IR, operators
             metrics["check_findings"] = len(check_onnx(onnx_path, p).raise_if_failed().findings)
             from edgeyolo.targets.jetson.trtexec import trtexec_command
 

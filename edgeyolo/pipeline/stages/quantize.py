@@ -33,10 +33,8 @@ class QuantizeStage(Stage):
         from edgeyolo.model.checkpoint import load_model
 
         r = build.recipe
-        from edgeyolo.targets.profiles import Family
-
         model = load_model(art.cfg, art.weights)
-        if build.profile.family is Family.ZYNQ:  # the DPU's own arithmetic, so the mAP predicts the board's
+        if build.profile.family_obj.quant_vitis_sim:  # the DPU's own arithmetic, so the mAP predicts the board's
             spec = QuantSpec(scheme="pow2", vitis_sim=True)
         else:
             spec = QuantSpec(scheme="pow2" if build.profile.equal_scales else "affine", equal_scales=build.profile.equal_scales)
