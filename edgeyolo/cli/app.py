@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     return invoke(app, sys.argv[1:] if argv is None else argv)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 def run() -> None:
     """Console-script entry point."""
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -606,7 +606,7 @@ def _bench_device(device, model, duration, warmup, threads, ort_threads, images,
                   trust_new_host_key, as_json, run, build) -> None:
     from rich.console import Console
 
-    from edgeyolo.bench.board_accuracy import predict_on_device
+    from edgeyolo.bench.board import predict_on_device
     from edgeyolo.errors import TargetError
     from edgeyolo.targets.runner import bench_device as run_bench
 

@@ -22,33 +22,12 @@ from edgeyolo.registry import Registry
 BASE_TOOLS = frozenset({"ssh", "python", "numpy", "opencv", "disk"})
 
 
-class FamilyName(str):
-    """A board family's name as a profile holds it: a plain string that also answers ``.value``,
-    the spelling of the closed enum the families once were (``profile.family.value == "zynq"``)."""
-
-    __slots__ = ()
-
-    @property
-    def value(self) -> str:
-        return str.__str__(self)
-
-
-_NAMES: dict[str, FamilyName] = {}
-
-
-def family_name(name: str) -> FamilyName:
-    """The one :class:`FamilyName` object for ``name``, so that ``profile.family is Family.JETSON``
-    holds for every profile of that family."""
-    key = str.__str__(name) if isinstance(name, str) else str(name)
-    return _NAMES.setdefault(key, FamilyName(key))
-
-
 class Family:
-    """The built-in families' names, spelled as the enum members they replace."""
+    """The built-in families' names (a profile's ``family`` is the registered name, a plain string)."""
 
-    JETSON = family_name("jetson")
-    ZYNQ = family_name("zynq")
-    HOST = family_name("host")
+    JETSON = "jetson"
+    ZYNQ = "zynq"
+    HOST = "host"
 
 
 class BoardFamily:
@@ -76,7 +55,7 @@ class BoardFamily:
     bench_hint: str | None = None
 
     def __init__(self, name: str):
-        self.name = family_name(name)
+        self.name = name
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -148,8 +127,8 @@ FAMILIES: Registry[type[BoardFamily]] = Registry("board family")
 
 def get_family(family: Any) -> BoardFamily:
     """The registered family of a profile (or of a family name)."""
-    name = getattr(family, "family", family)
-    return FAMILIES.get(str.__str__(name) if isinstance(name, str) else str(name))(name)
+    name = str(getattr(family, "family", family))
+    return FAMILIES.get(name)(name)
 
 
 def all_families(first: BoardFamily | None = None) -> list[BoardFamily]:

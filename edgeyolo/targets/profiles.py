@@ -17,7 +17,7 @@ from typing import Any
 
 from edgeyolo.errors import TargetError, UsageError
 from edgeyolo.registry import Registry
-from edgeyolo.targets.families import FAMILIES, BoardFamily, Family, FamilyName, family_name, get_family
+from edgeyolo.targets.families import FAMILIES, BoardFamily, Family, get_family
 
 DPU_LEAKY_SLOPE = 26 / 256  # 0.1015625, the only LeakyReLU slope the DPU computes
 DARKNET_LEAKY_SLOPE = 0.1
@@ -107,7 +107,7 @@ class DpuImage:
 class TargetProfile:
     name: str
     title: str
-    family: FamilyName  # a registered board family (edgeyolo.targets.families): Family.JETSON, "zynq", ...
+    family: str  # a registered board family (edgeyolo.targets.families): Family.JETSON, "zynq", ...
     runtime: str
     precisions: tuple[Precision, ...]
     default_precision: Precision
@@ -129,7 +129,6 @@ class TargetProfile:
             raise ValueError(f"{self.name}: default precision {self.default_precision} is not offered")
         if set(self.channel_multiples) != set(self.precisions):
             raise ValueError(f"{self.name}: one channel multiple per precision is required")
-        object.__setattr__(self, "family", family_name(self.family))
         if self.family not in FAMILIES:
             known = ", ".join(FAMILIES.names()) or "none"
             raise ValueError(f"{self.name}: unknown board family '{self.family}'; known: {known}")
@@ -181,7 +180,7 @@ class TargetProfile:
 
     def to_dict(self) -> dict[str, Any]:
         def convert(value: Any) -> Any:
-            if isinstance(value, (Enum, FamilyName)):
+            if isinstance(value, Enum):
                 return value.value
             if isinstance(value, dict):
                 return {convert(k): convert(v) for k, v in value.items()}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeyolo.bench.board_accuracy import predict_on_device
+from edgeyolo.bench.board import predict_on_device
 from edgeyolo.contract import Contract
 from edgeyolo.targets.runner import bench_device, deploy, doctor, parse_records
 from tests.targets.conftest import cli, with_, write_inventory

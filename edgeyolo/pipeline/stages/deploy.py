@@ -32,7 +32,7 @@ class DeployStage(Stage):
         return None if req.device else "no --device named"
 
     def run(self, build: Build, art: Artifact, folder: Path) -> tuple[Artifact, dict[str, Any]]:
-        from edgeyolo.bench.board_accuracy import predict_on_device
+        from edgeyolo.bench.board import predict_on_device
         from edgeyolo.targets.connect import connect, resolve_device
         from edgeyolo.targets.runner import bench_device
 
