@@ -79,3 +79,16 @@ def test_a_removed_stage_is_gone_from_the_plan(tmp_path: Path, capsys) -> None:
     assert pipeline.STAGES == BUILT_IN and "stamp" not in BUILD_STAGES
     main(["build", "--target", "jetson-nano", "--demo", "--dry-run", "--out", str(tmp_path / "b")])
     assert "stamp" not in capsys.readouterr().out
+
+
+def test_a_cached_stage_without_a_model_passes_on_the_source_model(stamp_stage, tmp_path: Path) -> None:
+    """Only the source writes a model (no training, no pruning): on the second run the export stage comes
+    back from its cache with the source's model, so the stamp after it is cached too rather than re-run
+    (it used to get no model folder, a changed key and a needless re-run)."""
+    out = tmp_path / "build"
+    recipe = Recipe(img_size=64, prune_method="none", workers=0, evaluate=False)
+    first = Build(BuildRequest(target="host", out=out, cfg="edgeyolo-res", recipe=recipe)).run()
+    assert {s["name"]: s["status"] for s in first["stages"]}["stamp"] == "done"
+    again = Build(BuildRequest(target="host", out=out, cfg="edgeyolo-res", recipe=recipe)).run()
+    statuses = {s["name"]: s["status"] for s in again["stages"]}
+    assert statuses["export"] == "cached" and statuses["stamp"] == "cached", statuses

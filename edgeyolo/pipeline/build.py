@@ -111,7 +111,7 @@ class Build:
                 continue
             folder = self.stage_folder(name)
             key = stage_key(name, stage.params(self), upstream, self._inputs(art))
-            cached = self._cached(folder, key)
+            cached = self._cached(folder, key, art)
             if cached is not None:
                 record, art = cached
                 self.echo(f"[{name}] cached ({key[:12]})")
@@ -142,7 +142,9 @@ class Build:
         index = [n for n, _ in BUILD_STAGES.in_order()].index(name)
         return self.out / "stages" / f"{index:02d}-{name}"
 
-    def _cached(self, folder: Path, key: str) -> tuple[StageRecord, Artifact] | None:
+    def _cached(self, folder: Path, key: str, upstream: Artifact) -> tuple[StageRecord, Artifact] | None:
+        """The stage's record and artifact when its folder holds a finished run with this key; a stage
+        that wrote no model passes on the model it was given, as it did when it ran."""
         path = folder / STAGE_FILE
         if not path.is_file():
             return None
@@ -155,14 +157,8 @@ class Build:
         record = StageRecord(**{**data, "status": "cached"})
         art = Artifact(folder if "model" in outputs else None, {k: str(folder / v) for k, v in outputs.items() if k != "model"})
         if art.folder is None:
-            art.folder = self._last_model_folder()
+            art.folder = upstream.folder
         return record, art
-
-    def _last_model_folder(self) -> Path | None:
-        for record in reversed(self.records):
-            if "model" in record.outputs:
-                return self.stage_folder(record.name)
-        return None
 
     def _outputs(self, art: Artifact, folder: Path) -> dict[str, str]:
         out: dict[str, str] = {}
