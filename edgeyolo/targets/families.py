@@ -42,8 +42,9 @@ class BoardFamily:
     builds_engine_on_board: bool = False
     # what ``build``'s export stage makes for it: "onnx", or "vitis" (a bundle for the Vitis AI image)
     export_format: str = "onnx"
-    # ``build``'s quantize stage simulates the accelerator's own int8 arithmetic (the DPU's)
-    quant_vitis_sim: bool = False
+    # the registered quantization scheme ``build``'s quantize stage uses for the accelerator's own int8
+    # arithmetic (the DPU's: "vitis-sim"); None: affine, or pow2 where the profile needs equal scales
+    quant_scheme: str | None = None
     # a compile step on the host between export and deploy, as a command line; None: deploy the export
     compile_command: str | None = None
     # deploy defaults for a board description in devices.yaml

@@ -34,8 +34,9 @@ class QuantizeStage(Stage):
 
         r = build.recipe
         model = load_model(art.cfg, art.weights)
-        if build.profile.family_obj.quant_vitis_sim:  # the DPU's own arithmetic, so the mAP predicts the board's
-            spec = QuantSpec(scheme="pow2", vitis_sim=True)
+        scheme = build.profile.family_obj.quant_scheme
+        if scheme is not None:  # the accelerator's own arithmetic, so the mAP predicts the board's
+            spec = QuantSpec(scheme)
         else:
             spec = QuantSpec(scheme="pow2" if build.profile.equal_scales else "affine", equal_scales=build.profile.equal_scales)
         prepare_qat(model, spec)

@@ -14,7 +14,7 @@ class ZynqFamily(BoardFamily):
     native_suffixes = (".xmodel",)
     int8_from_onnx = False  # the DPU reads int8 as an xmodel, never as a Q/DQ ONNX
     export_format = "vitis"
-    quant_vitis_sim = True
+    quant_scheme = "vitis-sim"
     compile_command = "docker/vitis-ai/run.sh BUNDLE"
     needed_tools = BASE_TOOLS | {"vart", "xir", "xdputil"}
     own_tools = frozenset({"vart", "xir", "xdputil", "DPU vs profile"})
