@@ -10,20 +10,18 @@ from edgeyolo.errors import CfgError, EdgeYoloError, UsageError
 DEMO_CFG = "edgeyolo-res"
 
 
+@dataclass(frozen=True, eq=False)
 class Percent:
     """The recipe's prune percent, parsed once when the recipe is made.
 
-    ``value`` is what pruning gets: a fraction in [0, 1], ``"auto"`` (the largest safe percent) or
+    :attr:`value` is what pruning gets: a fraction in [0, 1], ``"auto"`` (the largest safe percent) or
     ``"sparse"`` (the channels sparse training zeroed). ``given`` is the value as the recipe wrote it;
     the cache key and the manifest hold that, so a recipe keeps its keys (``0.5``, ``1`` and ``"0.5"``
     are three keys, as they always were). It compares equal to what it was given.
     """
 
-    __slots__ = ("_value", "_given")
-
-    def __init__(self, value: Union[float, str, None], given: Union[float, int, str]):
-        object.__setattr__(self, "_value", value)
-        object.__setattr__(self, "_given", given)
+    parsed: Union[float, str, None]  # None: kept unparsed by a recipe that prunes nothing
+    given: Union[float, int, str]
 
     @classmethod
     def parse(cls, given: "Union[Percent, float, int, str]", *, check: bool = True) -> "Percent":
@@ -44,38 +42,18 @@ class Percent:
     @property
     def value(self) -> Union[float, str]:
         """A fraction in [0, 1], ``"auto"`` or ``"sparse"``."""
-        if self._value is None:  # kept unparsed by a recipe that prunes nothing: the parse error
-            return Percent.parse(self._given).value
-        return self._value
-
-    @property
-    def given(self) -> Union[float, int, str]:
-        """As the recipe wrote it: what the cache key and the manifest hold."""
-        return self._given
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("a Percent is immutable")
+        if self.parsed is None:  # kept unparsed by a recipe that prunes nothing: the parse error
+            return Percent.parse(self.given).value
+        return self.parsed
 
     def __eq__(self, other: object) -> bool:
-        return self._given == (other.given if isinstance(other, Percent) else other)
+        return self.given == (other.given if isinstance(other, Percent) else other)
 
     def __hash__(self) -> int:
-        return hash(self._given)
+        return hash(self.given)
 
     def __str__(self) -> str:
-        return str(self._given)
-
-    def __repr__(self) -> str:
-        return f"Percent({self._given!r})"
-
-    def __reduce__(self):
-        return (Percent, (self._value, self._given))
-
-    def __copy__(self) -> "Percent":
-        return self
-
-    def __deepcopy__(self, memo: dict) -> "Percent":
-        return self
+        return str(self.given)
 
 
 @dataclass(frozen=True)
