@@ -14,8 +14,8 @@ split routes, ...): ``edgeyolo adapt --target`` rewrites those. LeakyReLU is wri
 26/256 the DPU computes (vai_q forces it; deploy-targets.md §3b); the change against darknet's 0.1
 is measured and reported, never hidden.
 
-The module lives in layer 3 and so never imports ``edgeyolo.targets``: the board's DPU facts come in
-as a :class:`DpuArch`, which the CLI fills from the target profile.
+The board's DPU facts come in as a :class:`DpuArch`, which ``edgeyolo.adapt.dpu`` fills from the
+target profile; the leaky slopes (darknet's and the DPU's) come from the profiles module.
 """
 from __future__ import annotations
 
@@ -57,11 +57,10 @@ from edgeyolo.model.cfg import (
     maxpool_geometry,
     with_input_size,
 )
+from edgeyolo.targets.profiles import DARKNET_LEAKY_SLOPE, DPU_LEAKY_SLOPE
 
 log = logging.getLogger(__name__)
 
-DPU_LEAKY_SLOPE = 26 / 256  # 0.1015625
-DARKNET_LEAKY_SLOPE = 0.1
 DPU_ACTIVATIONS = ("leaky", "relu", "linear")
 CONV_MAX_KERNEL = 16  # DPUCZDX8G conv kernel 1-16, stride 1-8 (deploy-targets.md §3b)
 CONV_MAX_STRIDE = 8

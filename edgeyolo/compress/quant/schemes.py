@@ -37,11 +37,11 @@ from torch import Tensor
 from edgeyolo.compress.quant.fakequant import affine_scale, dorefa_act, dorefa_weight, pow2_scale
 from edgeyolo.errors import ExportError, UsageError
 from edgeyolo.registry import Registry
+from edgeyolo.targets.profiles import DPU_LEAKY_SLOPE  # the only LeakyReLU slope the Xilinx DPU computes
 
 if TYPE_CHECKING:
     from edgeyolo.compress.quant.spec import QuantSpec
 
-DPU_LEAKY_SLOPE = 26 / 256  # the only LeakyReLU slope the Xilinx DPU computes (0.1015625)
 VITIS_SIM = "vitis-sim"  # the scheme a spec with ``vitis_sim=True`` runs
 # the reference repo's ``--quantized`` numbers (README era): 1 = Google/TF integer QAT, 2 = DoReFa
 SCHEME_ALIASES = {"1": "affine", "2": "dorefa", "google": "affine", "fpga": "pow2"}
