@@ -38,7 +38,7 @@ def deploy(
     """Copy artifacts (and the agent) to the board: unchanged files cost 0 bytes; a dropped upload resumes.
     With --engine, build each ONNX's TensorRT engine there with trtexec (skipped when already built)."""
     from edgeyolo.errors import UsageError
-    from edgeyolo.targets.runner import deploy as run_deploy
+    from edgeyolo.targets.deploy import deploy as run_deploy
 
     onnx = [a for a in artifacts if a.is_file() and a.suffix.lower() == ".onnx"]
     if not engine and (precision is not None or calib is not None or trtexec is not None):

@@ -2,7 +2,7 @@
 
 What runs on the board is ``agent.py`` (uploaded with every deploy, skipped when unchanged); what it
 writes is JSON lines, read back even when the agent died, so a crash mid-benchmark still reports
-the frames it timed. The board only returns detections: ``edgeyolo.bench.board_accuracy`` scores them on
+the frames it timed. The board only returns detections: ``edgeyolo.bench.board`` scores them on
 the host with the same metrics code as ``edgeyolo test``. What differs between kinds of boards (the
 native artifact, the engine built on a Jetson, power readings, doctor's tool rows) is asked of the
 target's :class:`~edgeyolo.targets.families.BoardFamily`.
@@ -25,20 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeyolo.errors import ConnectionFailed, InputFileError, RemoteCommandError, RemoteTimeout, TargetError, UsageError
-from edgeyolo.targets.deploy import (  # noqa: F401 - deploying is part of this module's API
-    AGENT,
-    DATA,
-    MODEL_SUFFIXES,
-    MODELS,
-    RUNS,
-    SIDECAR,
-    DeployReport,
-    agent_source,
-    deploy,
-    deploy_plan,
-    read_onnx_metadata,
-    upload,
-)
+from edgeyolo.targets.deploy import AGENT, DATA, MODEL_SUFFIXES, RUNS, DeployReport, agent_source, deploy_plan, upload
 from edgeyolo.targets.families import BASE_TOOLS, BoardFamily, Family, all_families, get_family
 from edgeyolo.targets.profiles import TARGETS, get_target
 from edgeyolo.targets.transport import BoardLock, LineSink, Progress, Transport
@@ -324,7 +311,7 @@ def bench_device(
 
 @dataclass
 class DeviceDetections:
-    """What the board detected on a dataset; scored on the host by ``edgeyolo.bench.board_accuracy``."""
+    """What the board detected on a dataset; scored on the host by ``edgeyolo.bench.board``."""
 
     detections: list[Any]  # one (n, 6) array per detected sample: x1, y1, x2, y2, score, class
     samples: list[Any]  # the dataset samples the detections belong to, in the same order

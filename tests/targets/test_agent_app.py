@@ -12,7 +12,8 @@ import pytest
 
 from edgeyolo.contract import Contract
 from edgeyolo.targets import agent
-from edgeyolo.targets.runner import AGENT, agent_source, parse_records
+from edgeyolo.targets.deploy import AGENT, agent_source
+from edgeyolo.targets.runner import parse_records
 
 CONF = 0.05
 FRAMES = 10
@@ -58,7 +59,7 @@ def decode(path: Path, limit: int) -> list[np.ndarray]:
 def test_app_detections_equal_the_host_on_the_same_frames(transport, device, onnx_model, tmp_path):
     from edgeyolo.export.onnx import read_metadata
     from edgeyolo.runtime.runners import OnnxRuntimeRunner
-    from edgeyolo.targets.runner import deploy
+    from edgeyolo.targets.deploy import deploy
 
     video = synthetic_video(tmp_path / "clip.avi")
     deploy(transport, [onnx_model])

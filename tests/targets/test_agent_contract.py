@@ -15,7 +15,7 @@ import pytest
 
 from edgeyolo.contract import Contract, HeadSpec, decode_heads, nms
 from edgeyolo.targets import agent
-from edgeyolo.targets.runner import agent_source
+from edgeyolo.targets.deploy import agent_source
 
 CONTRACTS = [
     Contract(416, 416),

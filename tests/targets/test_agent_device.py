@@ -14,7 +14,8 @@ import pytest
 
 from edgeyolo.bench.board import predict_on_device
 from edgeyolo.contract import Contract
-from edgeyolo.targets.runner import bench_device, deploy, doctor, parse_records
+from edgeyolo.targets.deploy import deploy
+from edgeyolo.targets.runner import bench_device, doctor, parse_records
 from tests.targets.conftest import cli, with_, write_inventory
 
 
@@ -242,7 +243,7 @@ def test_the_agent_says_a_full_disk_and_exits_3(tmp_path, small_disk, onnx_model
     import shutil
     import sys
 
-    from edgeyolo.targets.runner import agent_source
+    from edgeyolo.targets.deploy import agent_source
 
     board = small_disk / "board"
     (board / "models").mkdir(parents=True)

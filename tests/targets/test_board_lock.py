@@ -107,7 +107,7 @@ def test_a_full_board_disk_is_said_and_leaves_nothing(device, full_disk):
 def test_a_deploy_that_reconnects_takes_the_lock_again(device, transport, tmp_path, sshd):
     """The lock's holder goes with a dropped connection; after the reconnect the deploy holds the
     lock again until it finishes, then releases it."""
-    from edgeyolo.targets.runner import upload
+    from edgeyolo.targets.deploy import upload
 
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(6 << 20))

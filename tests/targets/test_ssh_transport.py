@@ -175,7 +175,7 @@ def test_session_killed_mid_upload_then_resumes(transport, device, tmp_path, ssh
 
 
 def test_deploy_reconnects_and_resumes_by_itself(transport, device, tmp_path, sshd):
-    from edgeyolo.targets.runner import upload
+    from edgeyolo.targets.deploy import upload
 
     files = [_payload(tmp_path / f"f{k}.bin", 4 << 20, seed=10 + k) for k in range(2)]
     killed = []
