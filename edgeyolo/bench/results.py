@@ -118,8 +118,6 @@ def normalise_time(value: str) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
-
-
 def git_rev(cwd: str | Path | None = None) -> Optional[str]:
     """HEAD's commit of the checkout at ``cwd`` (default: here), or None outside git."""
     try:

@@ -550,8 +550,6 @@ def suite(
     typer.echo((out / (SUITE_FILE if as_json else TABLE_FILE)).read_text(encoding="utf-8"))
 
 
-
-
 @app.command("device")
 def bench_device(
     device: str = DeviceOpt,

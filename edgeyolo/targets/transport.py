@@ -78,8 +78,6 @@ def quote_argv(argv: Sequence[object]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
-
-
 @dataclass(frozen=True)
 class CommandResult:
     cmd: str

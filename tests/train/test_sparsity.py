@@ -634,7 +634,6 @@ def test_dynamic_hold_pulls_only_the_cut_gammas(res_cfg):
     assert not grads[~below].any()
 
 
-
 def test_entering_the_hold_clears_the_momentum_of_the_released_gammas_once(res_cfg):
     model = seeded_model(res_cfg)
     reg = SparsityRegularizer(model, 0, 1e-3, "dynamic", target=0.5)

@@ -425,7 +425,6 @@ def engine_summary(result: EngineResult) -> str:
             f"{result.facts.gpu}){timing}")
 
 
-
 # ------------------------------------------------------------------------- in-process build (on a Jetson)
 
 

@@ -173,8 +173,6 @@ class EngineKey:
         return f"{stem}-{self.precision}-{shape}-trt{self.trt_version}{dla}-{self.digest}.engine"
 
 
-
-
 def engine_key(
     onnx: str | Path,
     trt_version: str | Sequence[int],
